@@ -1,0 +1,100 @@
+// swift-tools-version: 6.2
+import PackageDescription
+
+let package = Package(
+    name: "mdegate",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "mdegate", targets: ["mdegate"]),
+        .executable(name: "mde-simulator", targets: ["MDESimulator"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(
+            url: "https://github.com/apple/swift-configuration",
+            from: "1.4.0",
+            traits: [.defaults, "YAML"]
+        ),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+    ],
+    targets: [
+        // libcurl from Debian, with typed wrappers for its variadic calls.
+        .systemLibrary(
+            name: "CCurl",
+            pkgConfig: "libcurl",
+            providers: [.apt(["libcurl4-openssl-dev"])]
+        ),
+        // Small Linux glue Swift cannot see directly (struct ucred).
+        .target(name: "CMDEGateSystem"),
+
+        // The quota model and scheduling policy: pure, no I/O, no clock of its own.
+        .target(
+            name: "MDEGateCore",
+            dependencies: [.product(name: "DequeModule", package: "swift-collections")],
+            linkerSettings: [.linkedLibrary("m")]
+        ),
+        // The upstream HTTP transport: libcurl's multi interface on a thread of its own.
+        .target(
+            name: "MDEGateTransport",
+            dependencies: ["CCurl", .product(name: "Logging", package: "swift-log")]
+        ),
+        // The YAML configuration with environment overrides, and its validation.
+        .target(
+            name: "MDEGateConfig",
+            dependencies: [
+                "MDEGateCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Configuration", package: "swift-configuration"),
+            ]
+        ),
+        // The daemon: store, dispatcher, Unix socket server, command line client.
+        .target(
+            name: "MDEGate",
+            dependencies: [
+                "MDEGateCore",
+                "MDEGateConfig",
+                "MDEGateTransport",
+                "CMDEGateSystem",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "mdegate",
+            dependencies: [
+                "MDEGate",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // A local stand-in for the MDE API, for tests, the demo and offline users.
+        .executableTarget(
+            name: "MDESimulator",
+            dependencies: [
+                "MDEGateCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
+        .testTarget(
+            name: "MDEGateCoreTests",
+            dependencies: [
+                "MDEGateCore",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
+        ),
+        .testTarget(name: "MDEGateConfigTests", dependencies: ["MDEGateConfig"]),
+        .testTarget(name: "MDEGateTests", dependencies: ["MDEGate"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["MDEGateTransport", "MDEGateCore"]),
+    ]
+)
