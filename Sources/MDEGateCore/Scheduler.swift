@@ -1,0 +1,341 @@
+import DequeModule
+
+/// The scheduling policy: which queued request goes upstream next, and when.
+///
+/// - Every client has its own FIFO queue; clients are served round-robin, so a tool that queues
+///   10,000 cancels does not starve one that queues 3.
+/// - A cancel for a machine action id that is already queued or being sent joins that *job*: one
+///   upstream call, and every member gets the same answer.
+/// - An attempt starts only when the `Ledger` allows it, never while paused by a 429, and never
+///   beyond `maxConcurrency` attempts in flight.
+///
+/// It is a value with no I/O and no clock: the caller passes the time in, runs `nextDispatch`
+/// until it returns nil, then sets a timer for `nextWakeup` (the exact next free slot, no polling).
+public struct Scheduler: Sendable {
+    /// One upstream call on behalf of one or more requests for the same machine action.
+    public struct Job: Sendable, Equatable {
+        public enum State: Sendable, Equatable {
+            case queued
+            /// Waiting out a retry backoff; rejoins the head of its client's queue when due.
+            case backingOff(until: Timestamp)
+            case sending
+        }
+
+        /// The id of the request that created the job; coalesced requests "joined" it.
+        public let id: RequestID
+        /// The machine action id as the first request spelled it (sent upstream as is).
+        public let machineActionID: String
+        /// The client whose queue the job waits in.
+        public let client: ClientID
+        /// The requests waiting for this job's answer, in arrival order.
+        public internal(set) var members: [RequestID]
+        public internal(set) var state: State
+        /// Every attempt made, throttled ones included (each is in the ledger).
+        public internal(set) var attempts: Int
+        /// Attempts that failed (5xx or no answer); these are limited by `RetryPolicy.maxAttempts`.
+        public internal(set) var failures: Int
+    }
+
+    /// The answer to a submission.
+    public enum Admission: Sendable, Equatable {
+        /// A new job, waiting in the client's queue.
+        case queued
+        /// Coalesced: the request rides on the job of request `leader`.
+        case joined(leader: RequestID)
+        /// `maxPending` requests are already waiting.
+        case queueFull
+    }
+
+    /// The answer to a withdrawal.
+    public enum Withdrawal: Sendable, Equatable {
+        /// Removed; `jobCancelled` tells whether it was the job's last member.
+        case withdrawn(jobCancelled: Bool)
+        /// Its job has already been sent at least once: too late to withdraw.
+        case alreadySent
+        /// Not pending here (unknown, or already finished).
+        case notPending
+    }
+
+    /// An attempt the caller must now send upstream. The ledger already counts it.
+    public struct Dispatch: Sendable, Equatable {
+        public var job: RequestID
+        public var machineActionID: String
+        public var members: [RequestID]
+        /// 1 for the first attempt of this job.
+        public var attempt: Int
+    }
+
+    /// What the scheduler decided after an attempt finished.
+    public enum Resolution: Sendable, Equatable {
+        /// The answer is final for all `members` (success, a 4xx, or retries used up).
+        case finished(members: [RequestID], attempts: Int)
+        /// A failure that will be retried at `at`.
+        case retrying(at: Timestamp, attempts: Int)
+        /// A 429: the whole gateway pauses until `until`, and the job is back at its queue's head.
+        case throttled(until: Timestamp)
+    }
+
+    public private(set) var ledger: Ledger
+    public private(set) var retryPolicy: RetryPolicy
+    public private(set) var maxConcurrency: Int
+    public private(set) var maxPending: Int
+    /// No attempt starts before this instant (set by an upstream 429).
+    public private(set) var pausedUntil: Timestamp?
+    /// The pause used when a 429 carries no `Retry-After`.
+    public static let defaultThrottlePause: Duration = .seconds(60)
+
+    private var jobs: [RequestID: Job] = [:]
+    /// Which job a request belongs to.
+    private var jobOfRequest: [RequestID: RequestID] = [:]
+    /// The unfinished job for each machine action id (lowercased: GUIDs compare case-insensitively).
+    private var jobOfMachineAction: [String: RequestID] = [:]
+    private var queues: [ClientID: Deque<RequestID>] = [:]
+    /// Clients with queued jobs, in round-robin order: the first is served next.
+    private var rotation: Deque<ClientID> = []
+    /// Jobs waiting out a retry backoff, and when each is due.
+    private var backingOff: [RequestID: Timestamp] = [:]
+    public private(set) var inFlight = 0
+
+    public init(
+        ledger: Ledger,
+        retryPolicy: RetryPolicy,
+        maxConcurrency: Int,
+        maxPending: Int,
+        pausedUntil: Timestamp? = nil
+    ) {
+        self.ledger = ledger
+        self.retryPolicy = retryPolicy
+        self.maxConcurrency = max(1, maxConcurrency)
+        self.maxPending = max(1, maxPending)
+        self.pausedUntil = pausedUntil
+    }
+
+    /// Requests not finished yet (queued, backing off, or being sent), coalesced ones included.
+    public private(set) var pendingRequests = 0
+
+    /// Jobs waiting in client queues (not backing off, not being sent).
+    public var queuedJobs: Int { queues.values.reduce(0) { $0 + $1.count } }
+
+    // MARK: Submitting and withdrawing
+
+    /// Admits a request for `machineActionID`, joining an unfinished job for the same id if any.
+    public mutating func submit(
+        _ request: RequestID,
+        machineActionID: String,
+        client: ClientID
+    ) -> Admission {
+        guard pendingRequests < maxPending else { return .queueFull }
+        pendingRequests += 1
+        let key = machineActionID.lowercased()
+        if let leader = jobOfMachineAction[key] {
+            jobs[leader]!.members.append(request)
+            jobOfRequest[request] = leader
+            return .joined(leader: leader)
+        }
+        let job = Job(
+            id: request, machineActionID: machineActionID, client: client,
+            members: [request], state: .queued, attempts: 0, failures: 0)
+        jobs[request] = job
+        jobOfRequest[request] = request
+        jobOfMachineAction[key] = request
+        enqueue(request, of: client, atHead: false)
+        return .queued
+    }
+
+    /// Puts back a job recovered from durable state, exactly as it was, at the tail of its
+    /// client's queue (recovery restores jobs in their original order).
+    public mutating func restore(_ job: Job) {
+        var job = job
+        if job.state == .sending { job.state = .queued }
+        jobs[job.id] = job
+        for member in job.members { jobOfRequest[member] = job.id }
+        jobOfMachineAction[job.machineActionID.lowercased()] = job.id
+        pendingRequests += job.members.count
+        switch job.state {
+        case .queued, .sending: enqueue(job.id, of: job.client, atHead: false)
+        case .backingOff(let until): backingOff[job.id] = until
+        }
+    }
+
+    /// Withdraws a request that has not been sent. Once its job made an attempt, it is too late.
+    public mutating func withdraw(_ request: RequestID) -> Withdrawal {
+        guard let jobID = jobOfRequest[request], var job = jobs[jobID] else { return .notPending }
+        guard job.attempts == 0, job.state == .queued else { return .alreadySent }
+        job.members.removeAll { $0 == request }
+        jobOfRequest[request] = nil
+        pendingRequests -= 1
+        if job.members.isEmpty {
+            removeJob(job)
+            queues[job.client]?.removeAll { $0 == jobID }
+            if queues[job.client]?.isEmpty == true {
+                queues[job.client] = nil
+                rotation.removeAll { $0 == job.client }
+            }
+            return .withdrawn(jobCancelled: true)
+        }
+        jobs[jobID] = job
+        return .withdrawn(jobCancelled: false)
+    }
+
+    // MARK: Dispatching
+
+    /// The next attempt to send now, if the pause, the concurrency cap and every limit allow one.
+    /// Records the attempt in the ledger in the same step. Call until it returns nil.
+    public mutating func nextDispatch(at now: Timestamp) -> Dispatch? {
+        if let pausedUntil, now < pausedUntil { return nil }
+        guard inFlight < maxConcurrency else { return nil }
+        requeueDueRetries(at: now)
+        guard let client = rotation.first, ledger.recordIfAllowed(at: now) else { return nil }
+        let jobID = queues[client]!.removeFirst()
+        rotation.removeFirst()
+        if queues[client]!.isEmpty {
+            queues[client] = nil
+        } else {
+            rotation.append(client)  // a client with more work waits for everyone else's turn
+        }
+
+        jobs[jobID]!.state = .sending
+        jobs[jobID]!.attempts += 1
+        inFlight += 1
+        let job = jobs[jobID]!
+        return Dispatch(
+            job: jobID, machineActionID: job.machineActionID, members: job.members,
+            attempt: job.attempts)
+    }
+
+    /// When `nextDispatch` may next return an attempt, if nothing else happens first; nil when
+    /// only a finishing attempt or a new request can change anything. Never earlier than `now`.
+    public func nextWakeup(after now: Timestamp) -> Timestamp? {
+        guard inFlight < maxConcurrency else { return nil }
+        let readyAt: Timestamp?
+        if !rotation.isEmpty {
+            readyAt = now
+        } else {
+            readyAt = backingOff.values.min()
+        }
+        guard let readyAt else { return nil }
+        var wakeup = ledger.earliestSlot(notBefore: max(now, readyAt))
+        if let pausedUntil { wakeup = max(wakeup, pausedUntil) }
+        return wakeup
+    }
+
+    /// Takes the outcome of an attempt and decides what follows for its job.
+    /// `jitter` is a random number in `0..<1` for the retry backoff.
+    public mutating func finish(
+        _ jobID: RequestID,
+        outcome: AttemptOutcome,
+        at now: Timestamp,
+        jitter: Double
+    ) -> Resolution {
+        guard var job = jobs[jobID], job.state == .sending else {
+            preconditionFailure("finish(\(jobID)) for a job that is not being sent")
+        }
+        inFlight -= 1
+        switch outcome {
+        case .answered(status: 429, let retryAfter):
+            let until = now + (retryAfter ?? Self.defaultThrottlePause)
+            pausedUntil = max(pausedUntil ?? until, until)
+            job.state = .queued
+            jobs[jobID] = job
+            enqueue(jobID, of: job.client, atHead: true)
+            return .throttled(until: pausedUntil!)
+        case .answered(let status, _) where status < 500:
+            return finishJob(job)
+        case .answered, .unanswered:
+            job.failures += 1
+            guard job.failures < retryPolicy.maxAttempts else { return finishJob(job) }
+            let due = now + retryPolicy.backoff(afterFailures: job.failures, jitter: jitter)
+            job.state = .backingOff(until: due)
+            jobs[jobID] = job
+            backingOff[jobID] = due
+            return .retrying(at: due, attempts: job.attempts)
+        }
+    }
+
+    // MARK: Configuration and state
+
+    /// Applies reloaded settings; queue, jobs and the ledger's attempts are kept.
+    public mutating func reconfigure(
+        limits: [Limit], guardBand: Duration, retryPolicy: RetryPolicy,
+        maxConcurrency: Int, maxPending: Int
+    ) {
+        ledger.reconfigure(limits: limits, guardBand: guardBand)
+        self.retryPolicy = retryPolicy
+        self.maxConcurrency = max(1, maxConcurrency)
+        self.maxPending = max(1, maxPending)
+    }
+
+    /// Restores a pause that was in force before a restart.
+    public mutating func pause(until: Timestamp) {
+        pausedUntil = max(pausedUntil ?? until, until)
+    }
+
+    /// The job a request belongs to, while it is unfinished.
+    public func job(of request: RequestID) -> Job? {
+        jobOfRequest[request].flatMap { jobs[$0] }
+    }
+
+    /// Queued jobs per client, in rotation order (the next client served first).
+    public func depthByClient() -> [(client: ClientID, depth: Int)] {
+        rotation.map { ($0, queues[$0]?.count ?? 0) }
+    }
+
+    /// Where a queued request stands: its 1-based place in the order of dispatch under round-robin,
+    /// and the instant that place's slot opens if nothing else changes. Nil unless queued.
+    public func position(of request: RequestID, at now: Timestamp) -> (
+        position: Int, estimatedDispatchAt: Timestamp
+    )? {
+        guard let job = job(of: request), job.state == .queued,
+            let index = queues[job.client]?.firstIndex(of: job.id),
+            let turn = rotation.firstIndex(of: job.client)
+        else { return nil }
+        // Jobs sent before it: its own client's earlier ones, and from every other client as many
+        // as rounds pass (one more from the clients ahead of it in this round).
+        var ahead = index
+        for (place, other) in rotation.enumerated() where other != job.client {
+            ahead += min(queues[other]!.count, place < turn ? index + 1 : index)
+        }
+        let start = max(now, pausedUntil ?? now)
+        let slot = ledger.projectedSlots(count: ahead + 1, notBefore: start).last!
+        return (ahead + 1, slot)
+    }
+
+    // MARK: Internals
+
+    private mutating func finishJob(_ job: Job) -> Resolution {
+        removeJob(job)
+        pendingRequests -= job.members.count
+        return .finished(members: job.members, attempts: job.attempts)
+    }
+
+    private mutating func removeJob(_ job: Job) {
+        jobs[job.id] = nil
+        for member in job.members { jobOfRequest[member] = nil }
+        let key = job.machineActionID.lowercased()
+        if jobOfMachineAction[key] == job.id { jobOfMachineAction[key] = nil }
+    }
+
+    /// Moves jobs whose backoff is over to the head of their clients' queues.
+    private mutating func requeueDueRetries(at now: Timestamp) {
+        guard !backingOff.isEmpty else { return }
+        let due = backingOff.filter { $0.value <= now }.sorted { ($0.value, $0.key) < ($1.value, $1.key) }
+        for (jobID, _) in due.reversed() {
+            backingOff[jobID] = nil
+            jobs[jobID]!.state = .queued
+            enqueue(jobID, of: jobs[jobID]!.client, atHead: true)
+        }
+    }
+
+    private mutating func enqueue(_ jobID: RequestID, of client: ClientID, atHead: Bool) {
+        let wasIdle = queues[client] == nil
+        if atHead {
+            queues[client, default: []].prepend(jobID)
+        } else {
+            queues[client, default: []].append(jobID)
+        }
+        if wasIdle {
+            // A job put back after a 429 or a backoff was already this client's turn: serve it first.
+            if atHead { rotation.prepend(client) } else { rotation.append(client) }
+        }
+    }
+}
