@@ -1,0 +1,110 @@
+import Foundation
+import MDEGateCore
+
+extension GatewayConfiguration {
+    /// The effective configuration as YAML, every key present with defaults, cloud presets and
+    /// environment overrides applied, for `mdegate check-config`.
+    ///
+    /// Loading the output again gives an equal configuration, so an operator can freeze what
+    /// the daemon runs with. The one exception is a password inside `upstream.proxy`, which is
+    /// shown as `****` because this output ends up in terminals, tickets and logs.
+    public func renderedYAML() -> String {
+        var lines: [String] = [
+            "# Effective mdegate configuration: defaults, cloud presets and MDEGATE_* overrides applied."
+        ]
+        var section = ""
+        for key in ConfigurationKey.allCases {
+            if key.section != section {
+                section = key.section
+                lines.append("\(section):")
+            }
+            lines.append("  \(key.name): \(renderedValue(of: key))")
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// The YAML scalar or flow sequence for one key; an exhaustive switch, so a new key cannot
+    /// be left out of `check-config`.
+    private func renderedValue(of key: ConfigurationKey) -> String {
+        switch key {
+        case .socketPath: YAMLText.quoted(socket.path)
+        case .socketMode: YAMLText.quoted(Self.octal(socket.mode))
+        case .statePath: YAMLText.quoted(state.path)
+        case .upstreamCloud: upstream.cloud.rawValue
+        case .upstreamBaseURL: YAMLText.quoted(upstream.baseURL)
+        case .upstreamConnectTimeout: upstream.connectTimeout.configString
+        case .upstreamRequestTimeout: upstream.requestTimeout.configString
+        case .upstreamMaxConcurrency: String(upstream.maxConcurrency)
+        case .upstreamCAFile: YAMLText.quoted(upstream.caFile ?? "")
+        case .upstreamProxy: YAMLText.quoted(upstream.proxy.map(Self.maskingPassword) ?? "")
+        case .authTokenFile: YAMLText.quoted(auth.tokenFile ?? "")
+        case .authTenantID: YAMLText.quoted(auth.tenantID ?? "")
+        case .authClientID: YAMLText.quoted(auth.clientID ?? "")
+        case .authClientSecretFile: YAMLText.quoted(auth.clientSecretFile ?? "")
+        case .authClientCertificateFile: YAMLText.quoted(auth.clientCertificateFile ?? "")
+        case .authClientKeyFile: YAMLText.quoted(auth.clientKeyFile ?? "")
+        case .authTokenURL: YAMLText.quoted(auth.tokenURL)
+        case .authScope: YAMLText.quoted(auth.scope)
+        case .quotaLimits: "[" + quota.limits.map { YAMLText.quoted($0.spec) }.joined(separator: ", ") + "]"
+        case .quotaGuard: quota.guardBand.configString
+        case .retryMaxAttempts: String(retry.maxAttempts)
+        case .retryInitialBackoff: retry.initialBackoff.configString
+        case .retryMaxBackoff: retry.maxBackoff.configString
+        case .queueMaxPending: String(queue.maxPending)
+        case .logLevel: log.level.rawValue
+        }
+    }
+
+    private static func octal(_ mode: mode_t) -> String {
+        let digits = String(mode, radix: 8)
+        return String(repeating: "0", count: max(0, 4 - digits.count)) + digits
+    }
+
+    /// `http://user:secret@proxy:3128` → `http://user:****@proxy:3128`.
+    static func maskingPassword(_ url: String) -> String {
+        guard var components = URLComponents(string: url), components.password != nil else { return url }
+        components.password = "****"
+        return components.string ?? url
+    }
+}
+
+/// YAML double-quoted scalars: the one form that can hold any string without surprises
+/// (`no`, `0660`, `: ` and `#` are all plain text inside it).
+enum YAMLText {
+    static func quoted(_ text: String) -> String {
+        var result = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\\": result += "\\\\"
+            case "\"": result += "\\\""
+            case "\n": result += "\\n"
+            case "\t": result += "\\t"
+            case "\r": result += "\\r"
+            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
+                result += "\\x" + (scalar.value < 0x10 ? "0" : "") + String(scalar.value, radix: 16, uppercase: true)
+            default: result.unicodeScalars.append(scalar)
+            }
+        }
+        return result + "\""
+    }
+}
+
+extension GatewayConfiguration {
+    /// Applies a reloaded configuration to a running one.
+    ///
+    /// The socket is bound and the database opened once, at start-up; a reload cannot move
+    /// them. Those settings keep their running values and are returned by key, so the daemon
+    /// can say that they wait for a restart instead of silently ignoring the edit.
+    public func applyingReload(
+        _ reloaded: GatewayConfiguration
+    ) -> (configuration: GatewayConfiguration, needsRestart: [ConfigurationKey]) {
+        var needsRestart: [ConfigurationKey] = []
+        if reloaded.socket.path != socket.path { needsRestart.append(.socketPath) }
+        if reloaded.socket.mode != socket.mode { needsRestart.append(.socketMode) }
+        if reloaded.state.path != state.path { needsRestart.append(.statePath) }
+        var effective = reloaded
+        effective.socket = socket
+        effective.state = state
+        return (effective, needsRestart)
+    }
+}
