@@ -1,0 +1,86 @@
+import Foundation
+import Logging
+import MDEGateConfig
+import MDEGateCore
+import MDEGateTransport
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// `mdegate serve`: wires configuration, transport, store, gateway and server together and runs
+/// them until SIGTERM or SIGINT.
+public enum Daemon {
+    public static func run(configPath: String) async throws {
+        let loaded = try GatewayConfiguration.load(path: configPath)
+        let configuration = loaded.configuration
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = configuration.log.level
+            return handler
+        }
+        let logger = Logger(label: "mdegate")
+        for warning in loaded.warnings {
+            logger.warning("configuration: \(warning)", metadata: ["config": "\(configPath)"])
+        }
+
+        guard case .tokenFile(let tokenPath) = configuration.auth.method else {
+            throw DaemonError(
+                "auth: OAuth2 client credentials are not supported by this version yet; set auth.token_file to a file holding a bearer token")
+        }
+
+        let transport = try CurlTransport(
+            configuration: .init(
+                connectTimeout: configuration.upstream.connectTimeout,
+                requestTimeout: configuration.upstream.requestTimeout,
+                maxConcurrency: configuration.upstream.maxConcurrency,
+                caFile: configuration.upstream.caFile,
+                proxy: configuration.upstream.proxy),
+            logger: Logger(label: "mdegate.transport"))
+        defer { transport.shutdown() }
+
+        let group = MultiThreadedEventLoopGroup.singleton
+        let gateway = Gateway(
+            settings: Gateway.Settings(configuration),
+            store: InMemoryStore(),
+            upstream: UpstreamClient(transport: transport, baseURL: configuration.upstream.baseURL),
+            tokens: TokenFileProvider(path: tokenPath),
+            eventLoop: group.any(),
+            logger: logger)
+        try await gateway.start()
+
+        let socketPath = configuration.socket.path
+        let limits = configuration.quota.limits.map(\.spec).joined(separator: " + ")
+        let server = LocalAPIServer(
+            socketPath: socketPath, socketMode: configuration.socket.mode,
+            api: LocalAPI(gateway: gateway, logger: logger), group: group, logger: logger,
+            onReady: {
+                logger.notice(
+                    "mdegate is ready",
+                    metadata: [
+                        "socket": "\(socketPath)", "upstream": "\(configuration.upstream.baseURL)",
+                        "limits": "\(limits)", "guard": "\(configuration.quota.guardBand.configString)",
+                    ])
+            })
+        let services = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: server)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await services.run()
+        logger.notice("mdegate stopped")
+    }
+}
+
+extension Gateway.Settings {
+    init(_ configuration: GatewayConfiguration) {
+        self.init(
+            limits: configuration.quota.limits,
+            guardBand: configuration.quota.guardBand,
+            retryPolicy: RetryPolicy(
+                maxAttempts: configuration.retry.maxAttempts,
+                initialBackoff: configuration.retry.initialBackoff,
+                maxBackoff: configuration.retry.maxBackoff),
+            maxConcurrency: configuration.upstream.maxConcurrency,
+            maxPending: configuration.queue.maxPending)
+    }
+}

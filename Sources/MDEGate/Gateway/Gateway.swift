@@ -1,0 +1,382 @@
+import Foundation
+import Logging
+import MDEGateCore
+import MDEGateTransport
+import NIOCore
+
+/// The heart of the daemon: admits requests, dispatches them upstream exactly when the quota
+/// allows, and hands every waiter its answer.
+///
+/// The policy lives in `Scheduler` (pure); this actor owns its only instance and does the I/O
+/// around it: the store (written before a 202 and before an attempt is sent), the upstream call,
+/// the timer for the next free slot (one timer, set for the exact instant, no polling), and the
+/// waiters of synchronous callers.
+public actor Gateway {
+    /// The settings a reload may change.
+    public struct Settings: Sendable, Equatable {
+        public var limits: [Limit]
+        public var guardBand: Duration
+        public var retryPolicy: RetryPolicy
+        public var maxConcurrency: Int
+        public var maxPending: Int
+        /// How long finished requests stay readable (`GET /v1/requests/{id}`).
+        public var retention: Duration = .seconds(86_400)
+
+        public init(limits: [Limit], guardBand: Duration, retryPolicy: RetryPolicy, maxConcurrency: Int, maxPending: Int) {
+            self.limits = limits
+            self.guardBand = guardBand
+            self.retryPolicy = retryPolicy
+            self.maxConcurrency = maxConcurrency
+            self.maxPending = maxPending
+        }
+    }
+
+    /// The answer to a submission.
+    public enum Admission: Sendable {
+        /// Stored and queued (or joined onto a request for the same machine action).
+        case accepted(RequestRecord)
+        /// `queue.max_pending` requests are waiting already.
+        case queueFull
+    }
+
+    /// The answer to a withdrawal.
+    public enum Withdrawal: Sendable {
+        case withdrawn(RequestRecordDocument)
+        case alreadySent(RequestRecordDocument)
+        case notFound
+    }
+
+    private var settings: Settings
+    private var scheduler: Scheduler
+    private var records: [RequestID: RequestRecord] = [:]
+    private var waiters: [RequestID: [Int: CheckedContinuation<RequestRecord, Never>]] = [:]
+    private var nextWaiterID = 0
+    private let store: any GatewayStore
+    private var upstream: UpstreamClient
+    private let tokens: TokenFileProvider
+    private let logger: Logger
+    private let eventLoop: any EventLoop
+    private let now: @Sendable () -> Timestamp
+    private var timer: Scheduled<Void>?
+    private var timerDeadline: Timestamp?
+    private var lastPurge = Timestamp.zero
+    private var lastUpstreamStatus: Int?
+    private var lastUpstreamError: String?
+
+    public init(
+        settings: Settings,
+        store: any GatewayStore,
+        upstream: UpstreamClient,
+        tokens: TokenFileProvider,
+        eventLoop: any EventLoop,
+        logger: Logger,
+        now: @escaping @Sendable () -> Timestamp = Gateway.wallClock
+    ) {
+        self.settings = settings
+        self.scheduler = Scheduler(
+            ledger: Ledger(limits: settings.limits, guardBand: settings.guardBand),
+            retryPolicy: settings.retryPolicy,
+            maxConcurrency: settings.maxConcurrency,
+            maxPending: settings.maxPending)
+        self.store = store
+        self.upstream = upstream
+        self.tokens = tokens
+        self.eventLoop = eventLoop
+        self.logger = logger
+        self.now = now
+    }
+
+    /// The wall clock: the ledger must stay valid across restarts, which a monotonic clock is not.
+    @Sendable public static func wallClock() -> Timestamp {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Timestamp(nanosecondsSinceEpoch: Int64(spec.tv_sec) * 1_000_000_000 + Int64(spec.tv_nsec))
+    }
+
+    /// Reloads what the store kept (ledger, pause, unfinished requests) and starts dispatching.
+    public func start() async throws {
+        let state = try await store.load()
+        scheduler = Scheduler(
+            ledger: Ledger(limits: settings.limits, guardBand: settings.guardBand, attempts: state.attempts),
+            retryPolicy: settings.retryPolicy,
+            maxConcurrency: settings.maxConcurrency,
+            maxPending: settings.maxPending,
+            pausedUntil: state.pausedUntil)
+        for record in state.records { records[record.id] = record }
+        pump()
+    }
+
+    // MARK: Requests
+
+    /// Admits a validated cancel. Returns once the request is stored (durable with a durable store).
+    public func submit(machineActionID: String, comment: String, client: RequestRecord.Client) async throws -> Admission {
+        let id = UUID().uuidString.lowercased()
+        let clientID = ClientID(uid: client.uid, name: client.name)
+        let joined: RequestID?
+        switch scheduler.submit(id, machineActionID: machineActionID, client: clientID) {
+        case .queueFull: return .queueFull
+        case .queued: joined = nil
+        case .joined(let leader): joined = leader
+        }
+        let job = scheduler.job(of: id)
+        let record = RequestRecord(
+            id: id, machineActionID: machineActionID, comment: comment, client: client,
+            state: job?.state == .sending ? .sending : .queued, attempts: job?.attempts ?? 0,
+            joined: joined, createdAt: now(), completedAt: nil, response: nil, lastError: nil)
+        records[id] = record
+        do {
+            try await store.apply([.record(record)])
+        } catch {
+            _ = scheduler.withdraw(id)
+            records[id] = nil
+            logger.error("could not store a request", metadata: ["error": "\(error)"])
+            throw error
+        }
+        logger.debug(
+            "request admitted",
+            metadata: [
+                "request": "\(id)", "machineAction": "\(machineActionID)", "client": "\(clientID)",
+                "joined": "\(joined ?? "-")",
+            ])
+        pump()
+        return .accepted(records[id] ?? record)
+    }
+
+    /// Waits until the request is final, or `timeout` passes; returns the record either way
+    /// (nil if the id is unknown).
+    public func awaitFinal(_ id: RequestID, timeout: Duration?) async -> RequestRecord? {
+        guard let record = records[id] else { return nil }
+        if record.state.isFinal { return record }
+        let waiterID = nextWaiterID
+        nextWaiterID += 1
+        if let timeout {
+            eventLoop.scheduleTask(in: .nanoseconds(timeout.nanoseconds)) {
+                Task { await self.expireWaiter(id, waiterID) }
+            }
+        }
+        return await withCheckedContinuation { continuation in
+            waiters[id, default: [:]][waiterID] = continuation
+        }
+    }
+
+    private func expireWaiter(_ id: RequestID, _ waiterID: Int) {
+        guard let continuation = waiters[id]?.removeValue(forKey: waiterID), let record = records[id] else { return }
+        continuation.resume(returning: record)
+    }
+
+    /// The record as clients see it, with its place in line if queued.
+    public func document(_ id: RequestID) -> RequestRecordDocument? {
+        guard let record = records[id] else { return nil }
+        return document(for: record)
+    }
+
+    /// Withdraws a request that has not been sent.
+    public func withdraw(_ id: RequestID) async throws -> Withdrawal {
+        guard var record = records[id] else { return .notFound }
+        if record.state == .withdrawn { return .withdrawn(document(for: record)) }
+        switch scheduler.withdraw(id) {
+        case .notPending, .alreadySent:
+            return .alreadySent(document(for: record))
+        case .withdrawn:
+            record.state = .withdrawn
+            record.completedAt = now()
+            records[id] = record
+            try await store.apply([.record(record)])
+            logger.info("request withdrawn", metadata: ["request": "\(id)"])
+            resumeWaiters(of: id)
+            pump()
+            return .withdrawn(document(for: record))
+        }
+    }
+
+    // MARK: Status
+
+    public func status() -> StatusDocument {
+        let time = now()
+        let ledger = scheduler.ledger
+        return StatusDocument(
+            limits: settings.limits.map { limit in
+                StatusDocument.LimitState(
+                    spec: limit.spec, calls: limit.calls, windowSeconds: limit.window.seconds,
+                    used: ledger.used(limit, at: time),
+                    nextFreeAt: ledger.nextFree(limit, at: time).map(JSON.timestamp))
+            },
+            guardMs: Int(settings.guardBand.nanoseconds / 1_000_000),
+            queue: .init(
+                depth: scheduler.pendingRequests - scheduler.inFlight,
+                clients: scheduler.depthByClient().map { .init(client: $0.client.description, depth: $0.depth) }),
+            pausedUntil: scheduler.pausedUntil.flatMap { $0 > time ? JSON.timestamp($0) : nil },
+            inFlight: scheduler.inFlight,
+            upstream: .init(baseUrl: upstream.baseURL, lastStatus: lastUpstreamStatus, lastError: lastUpstreamError),
+            auth: .init(mode: "token_file", tokenExpiresAt: nil, lastError: tokens.lastError))
+    }
+
+    // MARK: Dispatching
+
+    /// Sends every attempt the quota allows now, then sets the timer for the next free slot.
+    private func pump() {
+        let time = now()
+        purgeIfDue(at: time)
+        var tokenProblem = false
+        while true {
+            // Check the token before spending a slot: an attempt that cannot be sent must not count.
+            guard case .success(let token) = tokens.token() else {
+                tokenProblem = true
+                break
+            }
+            guard let dispatch = scheduler.nextDispatch(at: time) else { break }
+            send(dispatch, token: token, at: time)
+        }
+        if tokenProblem, scheduler.nextWakeup(after: time) != nil {
+            // Work is waiting but there is no token: look at the file again in a second.
+            setTimer(for: time + .seconds(1))
+        } else {
+            setTimer(for: scheduler.nextWakeup(after: time))
+        }
+    }
+
+    private func send(_ dispatch: Scheduler.Dispatch, token: String, at time: Timestamp) {
+        var changes: [StoreChange] = [.attempt(time)]
+        for member in dispatch.members {
+            records[member]?.state = .sending
+            records[member]?.attempts = dispatch.attempt
+            if let record = records[member] { changes.append(.record(record)) }
+        }
+        let comment = dispatch.members.first.flatMap { records[$0]?.comment } ?? ""
+        logger.debug(
+            "attempt starts",
+            metadata: [
+                "request": "\(dispatch.job)", "machineAction": "\(dispatch.machineActionID)",
+                "attempt": "\(dispatch.attempt)",
+            ])
+        let upstream = self.upstream
+        let store = self.store
+        Task {
+            // The ledger entry is stored before the call leaves, so a crash never forgets it.
+            do {
+                try await store.apply(changes)
+            } catch {
+                self.logger.error("could not store an attempt; sending anyway", metadata: ["error": "\(error)"])
+            }
+            let result = await upstream.cancel(machineActionID: dispatch.machineActionID, comment: comment, token: token)
+            await self.finish(dispatch, result: result)
+        }
+    }
+
+    private func finish(_ dispatch: Scheduler.Dispatch, result: Result<HTTPResponse, TransportError>) async {
+        let time = now()
+        let outcome: AttemptOutcome
+        var answer: RequestRecord.Response?
+        var failure: String?
+        switch result {
+        case .success(let response):
+            outcome = .answered(status: response.status, retryAfter: retryAfter(response.header("Retry-After")))
+            answer = .init(status: response.status, body: response.body, contentType: response.header("Content-Type"))
+            lastUpstreamStatus = response.status
+            lastUpstreamError = nil
+        case .failure(let error):
+            outcome = .unanswered
+            failure = error.description
+            lastUpstreamError = error.description
+        }
+        let members = scheduler.job(of: dispatch.job)?.members ?? dispatch.members
+        let resolution = scheduler.finish(dispatch.job, outcome: outcome, at: time, jitter: Double.random(in: 0..<1))
+        var changes: [StoreChange] = []
+        switch resolution {
+        case .finished(let finishedMembers, let attempts):
+            for member in finishedMembers {
+                guard var record = records[member] else { continue }
+                record.attempts = attempts
+                record.response = answer
+                record.lastError = failure
+                record.completedAt = time
+                record.state = (answer.map { (200..<300).contains($0.status) } ?? false) ? .done : .failed
+                records[member] = record
+                changes.append(.record(record))
+            }
+            logger.info(
+                "cancel finished",
+                metadata: [
+                    "request": "\(dispatch.job)", "machineAction": "\(dispatch.machineActionID)",
+                    "status": "\(answer.map { String($0.status) } ?? "no answer")", "attempts": "\(attempts)",
+                    "requests": "\(finishedMembers.count)",
+                ].merging(failure.map { ["error": "\($0)"] } ?? [:]) { $1 })
+        case .retrying(let at, let attempts):
+            logger.notice(
+                "attempt failed; retrying",
+                metadata: [
+                    "request": "\(dispatch.job)", "status": "\(answer.map { String($0.status) } ?? "no answer")",
+                    "attempts": "\(attempts)", "retryAt": "\(JSON.timestamp(at))",
+                ].merging(failure.map { ["error": "\($0)"] } ?? [:]) { $1 })
+            changes += requeue(members, lastError: failure)
+        case .throttled(let until):
+            logger.warning(
+                "upstream answered 429: pausing all dispatch",
+                metadata: ["request": "\(dispatch.job)", "pausedUntil": "\(JSON.timestamp(until))"])
+            changes.append(.pause(until: until))
+            changes += requeue(members, lastError: nil)
+        }
+        do {
+            try await store.apply(changes)
+        } catch {
+            logger.error("could not store an outcome", metadata: ["error": "\(error)"])
+        }
+        if case .finished(let finishedMembers, _) = resolution {
+            for member in finishedMembers { resumeWaiters(of: member) }
+        }
+        pump()
+    }
+
+    private func requeue(_ members: [RequestID], lastError: String?) -> [StoreChange] {
+        members.compactMap { member in
+            guard var record = records[member] else { return nil }
+            record.state = .queued
+            record.lastError = lastError
+            if let job = scheduler.job(of: member) { record.attempts = job.attempts }
+            records[member] = record
+            return .record(record)
+        }
+    }
+
+    private func resumeWaiters(of id: RequestID) {
+        guard let record = records[id], let waiting = waiters.removeValue(forKey: id) else { return }
+        for continuation in waiting.values { continuation.resume(returning: record) }
+    }
+
+    private func setTimer(for deadline: Timestamp?) {
+        if deadline == timerDeadline, timer != nil { return }
+        timer?.cancel()
+        timer = nil
+        timerDeadline = deadline
+        guard let deadline else { return }
+        let delay = max(deadline - now(), .zero)
+        timer = eventLoop.scheduleTask(in: .nanoseconds(delay.nanoseconds)) {
+            Task { await self.timerFired(deadline) }
+        }
+    }
+
+    private func timerFired(_ deadline: Timestamp) {
+        guard deadline == timerDeadline else { return }
+        timer = nil
+        timerDeadline = nil
+        pump()
+    }
+
+    private func document(for record: RequestRecord) -> RequestRecordDocument {
+        let place = record.state == .queued ? scheduler.position(of: record.id, at: now()) : nil
+        return RequestRecordDocument(
+            record: record, position: place?.position, estimatedDispatchAt: place?.estimatedDispatchAt)
+    }
+
+    /// Forgets finished records past their retention, at most once a minute.
+    private func purgeIfDue(at time: Timestamp) {
+        guard time - lastPurge >= .seconds(60) else { return }
+        lastPurge = time
+        let horizon = time - settings.retention
+        let expired = records.values.filter { ($0.completedAt ?? time) < horizon }.map(\.id)
+        guard !expired.isEmpty else { return }
+        for id in expired { records[id] = nil }
+        let store = self.store
+        Task { try? await store.apply(expired.map { .forget($0) }) }
+    }
+}

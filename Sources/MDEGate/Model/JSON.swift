@@ -1,0 +1,96 @@
+import Foundation
+import MDEGateCore
+
+/// Any JSON value. The upstream's answers are kept as parsed JSON in request records, so that
+/// `response.body` is an object a client can read, not a string it has to parse again.
+public enum JSONValue: Sendable, Equatable, Codable {
+    case null
+    case bool(Bool)
+    case number(Double)
+    case string(String)
+    case array([JSONValue])
+    case object([String: JSONValue])
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() {
+            self = .null
+        } else if let value = try? container.decode(Bool.self) {
+            self = .bool(value)
+        } else if let value = try? container.decode(Double.self) {
+            self = .number(value)
+        } else if let value = try? container.decode(String.self) {
+            self = .string(value)
+        } else if let value = try? container.decode([JSONValue].self) {
+            self = .array(value)
+        } else {
+            self = .object(try container.decode([String: JSONValue].self))
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .null: try container.encodeNil()
+        case .bool(let value): try container.encode(value)
+        case .number(let value):
+            if value.rounded() == value, abs(value) < 1e15 {
+                try container.encode(Int64(value))
+            } else {
+                try container.encode(value)
+            }
+        case .string(let value): try container.encode(value)
+        case .array(let value): try container.encode(value)
+        case .object(let value): try container.encode(value)
+        }
+    }
+
+    /// Parses `bytes` as JSON; text that is not JSON becomes a `.string` of it, so nothing the
+    /// upstream said is lost.
+    public init(parsingOrQuoting bytes: [UInt8]) {
+        if let value = try? JSON.decoder.decode(JSONValue.self, from: Data(bytes)) {
+            self = value
+        } else {
+            self = .string(String(decoding: bytes, as: UTF8.self))
+        }
+    }
+
+    public subscript(key: String) -> JSONValue? {
+        if case .object(let object) = self { return object[key] }
+        return nil
+    }
+
+    public var stringValue: String? {
+        if case .string(let value) = self { return value }
+        return nil
+    }
+}
+
+/// The one JSON setup of the project: sorted keys (stable output for people and diffs) and
+/// ISO 8601 UTC times with milliseconds.
+public enum JSON {
+    public static let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return encoder
+    }()
+
+    public static let prettyEncoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes, .prettyPrinted]
+        return encoder
+    }()
+
+    public static let decoder = JSONDecoder()
+
+    public static func encode(_ value: some Encodable) -> [UInt8] {
+        // Encoding our own model types cannot fail: they hold no non-finite numbers.
+        Array((try? encoder.encode(value)) ?? Data("null".utf8))
+    }
+
+    /// ISO 8601, UTC, milliseconds: `2026-11-24T04:03:35.123Z`.
+    public static func timestamp(_ time: Timestamp) -> String {
+        Date(timeIntervalSince1970: time.secondsSinceEpoch)
+            .formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+    }
+}

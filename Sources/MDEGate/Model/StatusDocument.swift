@@ -1,0 +1,85 @@
+/// What `GET /v1/status` answers and `mdegate status` renders.
+public struct StatusDocument: Codable, Sendable, Equatable {
+    public struct LimitState: Codable, Sendable, Equatable {
+        public var spec: String
+        public var calls: Int
+        public var windowSeconds: Double
+        public var used: Int
+        public var nextFreeAt: String?
+    }
+
+    public struct Queue: Codable, Sendable, Equatable {
+        public struct ClientDepth: Codable, Sendable, Equatable {
+            public var client: String
+            public var depth: Int
+        }
+        public var depth: Int
+        public var clients: [ClientDepth]
+    }
+
+    public struct Upstream: Codable, Sendable, Equatable {
+        public var baseUrl: String
+        public var lastStatus: Int?
+        public var lastError: String?
+    }
+
+    public struct Auth: Codable, Sendable, Equatable {
+        public var mode: String
+        public var tokenExpiresAt: String?
+        public var lastError: String?
+    }
+
+    public var limits: [LimitState]
+    public var guardMs: Int
+    public var queue: Queue
+    public var pausedUntil: String?
+    public var inFlight: Int
+    public var upstream: Upstream
+    public var auth: Auth
+
+    enum CodingKeys: String, CodingKey { case limits, guardMs, queue, pausedUntil, inFlight, upstream, auth }
+
+    /// Writes every key, nulls included, so clients can rely on the shape.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(limits, forKey: .limits)
+        try container.encode(guardMs, forKey: .guardMs)
+        try container.encode(queue, forKey: .queue)
+        try container.encode(pausedUntil, forKey: .pausedUntil)
+        try container.encode(inFlight, forKey: .inFlight)
+        try container.encode(upstream, forKey: .upstream)
+        try container.encode(auth, forKey: .auth)
+    }
+}
+
+extension StatusDocument.LimitState {
+    enum CodingKeys: String, CodingKey { case spec, calls, windowSeconds, used, nextFreeAt }
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(spec, forKey: .spec)
+        try container.encode(calls, forKey: .calls)
+        try container.encode(windowSeconds, forKey: .windowSeconds)
+        try container.encode(used, forKey: .used)
+        try container.encode(nextFreeAt, forKey: .nextFreeAt)
+    }
+}
+
+extension StatusDocument.Upstream {
+    enum CodingKeys: String, CodingKey { case baseUrl, lastStatus, lastError }
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(baseUrl, forKey: .baseUrl)
+        try container.encode(lastStatus, forKey: .lastStatus)
+        try container.encode(lastError, forKey: .lastError)
+    }
+}
+
+extension StatusDocument.Auth {
+    enum CodingKeys: String, CodingKey { case mode, tokenExpiresAt, lastError }
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(mode, forKey: .mode)
+        try container.encode(tokenExpiresAt, forKey: .tokenExpiresAt)
+        try container.encode(lastError, forKey: .lastError)
+    }
+}

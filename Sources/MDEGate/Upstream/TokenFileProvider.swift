@@ -1,0 +1,58 @@
+import Foundation
+
+/// A bearer token kept fresh by another tool in a file (`auth.token_file`).
+///
+/// The file is read again whenever its modification time or size changes, so a rotated token is
+/// picked up without a restart; the token itself is never logged.
+public final class TokenFileProvider: Sendable {
+    public let path: String
+    private struct Cache: Sendable {
+        var token: String?
+        var modified: Date?
+        var size: Int?
+        var lastError: String?
+    }
+    private let cache = LockedState(Cache())
+
+    public init(path: String) {
+        self.path = path
+    }
+
+    /// The current token, or an error that says what is wrong with the file (never its content).
+    public func token() -> Result<String, TokenError> {
+        let attributes: [FileAttributeKey: Any]
+        do {
+            attributes = try FileManager.default.attributesOfItem(atPath: path)
+        } catch {
+            return fail("cannot read auth.token_file \(path): the file does not exist or is not accessible")
+        }
+        let modified = attributes[.modificationDate] as? Date
+        let size = (attributes[.size] as? NSNumber)?.intValue
+        if let cached = cache.withLock({ $0.modified == modified && $0.size == size ? $0.token : nil }) {
+            return .success(cached)
+        }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            return fail("cannot read auth.token_file \(path): permission denied or not a file")
+        }
+        let token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !token.isEmpty else { return fail("auth.token_file \(path) is empty") }
+        guard !token.contains(where: { $0.isWhitespace || $0.isNewline }) else {
+            return fail("auth.token_file \(path) holds more than one word; it must hold the bearer token alone")
+        }
+        cache.withLock { $0 = Cache(token: token, modified: modified, size: size, lastError: nil) }
+        return .success(token)
+    }
+
+    /// The last problem with the file, for `/v1/status`; nil once a token was read.
+    public var lastError: String? { cache.withLock { $0.lastError } }
+
+    private func fail(_ message: String) -> Result<String, TokenError> {
+        cache.withLock { $0 = Cache(token: nil, modified: nil, size: nil, lastError: message) }
+        return .failure(TokenError(message: message))
+    }
+}
+
+public struct TokenError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}

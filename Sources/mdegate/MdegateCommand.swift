@@ -1,0 +1,169 @@
+import ArgumentParser
+import Foundation
+import MDEGate
+import MDEGateConfig
+import MDEGateTransport
+
+/// Exit codes a script can rely on.
+enum ExitStatus {
+    /// The gateway answered, but not with a 2xx (the answer is printed).
+    static let refused = ExitCode(1)
+    /// The gateway could not be reached (no socket, permission denied, not running).
+    static let unreachable = ExitCode(3)
+}
+
+@main
+struct Mdegate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mdegate",
+        abstract: "A local gateway that spends a Microsoft Defender for Endpoint API quota exactly.",
+        discussion: """
+            Exit codes: 0 success (a 2xx answer), 1 the gateway answered with an error, 3 the gateway \
+            could not be reached, 64 bad usage.
+            """,
+        subcommands: [Serve.self, Cancel.self, Status.self, Request.self, CheckConfig.self])
+}
+
+struct SocketOption: ParsableArguments {
+    @Option(name: .long, help: "The gateway's Unix socket (default: $MDEGATE_SOCKET, else /run/mdegate/mdegate.sock).")
+    var socket: String?
+
+    var path: String { GatewayClient.socketPath(option: socket) }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the gateway in the foreground.")
+
+    @Option(name: .long, help: "The configuration file.")
+    var config: String = GatewayConfiguration.defaultPath
+
+    func run() async throws {
+        do {
+            try await Daemon.run(configPath: config)
+        } catch {
+            FileHandle.standardError.write(Data("mdegate: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct Cancel: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Cancel a machine action through the gateway and print the JSON answer.")
+
+    @Argument(help: "The machine action id (a GUID).")
+    var id: String
+
+    @Option(name: .long, help: "Why the action is cancelled (sent upstream as Comment).")
+    var comment: String
+
+    @Flag(name: .long, help: "Return at once with 202 and the request record (Prefer: respond-async).")
+    var async = false
+
+    @Option(name: .long, help: "Wait at most this many seconds, then return 202 and keep the request (Prefer: wait=N).")
+    var wait: Double?
+
+    @Option(name: .long, help: "A client name, to tell several tools of one user apart (Mdegate-Client).")
+    var client: String?
+
+    @OptionGroup var socket: SocketOption
+
+    func validate() throws {
+        if let wait, !(wait >= 0) { throw ValidationError("--wait must be a number of seconds, 0 or more") }
+    }
+
+    func run() async throws {
+        var headers: [(name: String, value: String)] = [("Content-Type", "application/json")]
+        if async {
+            headers.append(("Prefer", "respond-async"))
+        } else if let wait {
+            headers.append(("Prefer", "wait=\(wait)"))
+        }
+        if let client { headers.append(("Mdegate-Client", client)) }
+        let body = JSON.encode(["Comment": comment])
+        let path = "/api/machineactions/\(id.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(["/"])) ?? id)/cancel"
+        let response = try await call(socket.path) { try await $0.send("POST", path, headers: headers, body: body) }
+        try printAnswer(response)
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show quota use, the next free slots, the queue per client, and upstream and token state.")
+
+    @Flag(name: .long, help: "Print the JSON status document.")
+    var json = false
+
+    @OptionGroup var socket: SocketOption
+
+    func run() async throws {
+        let response = try await call(socket.path) { try await $0.send("GET", "/v1/status") }
+        guard !json, response.status == 200,
+            let status = try? JSON.decoder.decode(StatusDocument.self, from: Data(response.body))
+        else { return try printAnswer(response) }
+        print(Rendering.status(status))
+    }
+}
+
+struct Request: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show a request record.")
+
+    @Argument(help: "The request id (Mdegate-Request-Id).")
+    var id: String
+
+    @Flag(name: .long, help: "Print the JSON request record.")
+    var json = false
+
+    @OptionGroup var socket: SocketOption
+
+    func run() async throws {
+        let path = "/v1/requests/\(id.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(["-"])) ?? id)"
+        let response = try await call(socket.path) { try await $0.send("GET", path) }
+        guard !json, response.status == 200 else { return try printAnswer(response) }
+        print(Rendering.record(JSONValue(parsingOrQuoting: response.body)))
+    }
+}
+
+struct CheckConfig: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Validate a configuration file and print the effective configuration.")
+
+    @Option(name: .long, help: "The configuration file.")
+    var config: String = GatewayConfiguration.defaultPath
+
+    func run() async throws {
+        do {
+            let loaded = try GatewayConfiguration.load(path: config)
+            for warning in loaded.warnings {
+                FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
+            }
+            print("# \(config): valid")
+            print(loaded.configuration.renderedYAML())
+        } catch {
+            FileHandle.standardError.write(Data("\(config): invalid\n\(error)\n".utf8))
+            throw ExitStatus.refused
+        }
+    }
+}
+
+/// Runs one call against the gateway; a gateway that cannot be reached exits with 3.
+func call(_ socketPath: String, _ body: (GatewayClient) async throws -> HTTPResponse) async throws -> HTTPResponse {
+    do {
+        let client = try GatewayClient(socketPath: socketPath)
+        defer { client.shutdown() }
+        return try await body(client)
+    } catch {
+        let reason = (error as? TransportError)?.message ?? "\(error)"
+        FileHandle.standardError.write(Data("mdegate: cannot reach the gateway at \(socketPath): \(reason)\n".utf8))
+        throw ExitStatus.unreachable
+    }
+}
+
+/// Prints the answer's body; exits 1 unless it was a 2xx.
+func printAnswer(_ response: HTTPResponse) throws {
+    var text = String(decoding: response.body, as: UTF8.self)
+    if !text.hasSuffix("\n") { text += "\n" }
+    FileHandle.standardOutput.write(Data(text.utf8))
+    guard (200..<300).contains(response.status) else { throw ExitStatus.refused }
+}
