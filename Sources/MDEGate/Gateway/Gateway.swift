@@ -203,7 +203,7 @@ public actor Gateway {
             },
             guardMs: Int(settings.guardBand.nanoseconds / 1_000_000),
             queue: .init(
-                depth: scheduler.pendingRequests - scheduler.inFlight,
+                depth: records.values.reduce(0) { $0 + ($1.state == .queued ? 1 : 0) },
                 clients: scheduler.depthByClient().map { .init(client: $0.client.description, depth: $0.depth) }),
             pausedUntil: scheduler.pausedUntil.flatMap { $0 > time ? JSON.timestamp($0) : nil },
             inFlight: scheduler.inFlight,

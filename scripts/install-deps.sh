@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages mdegate builds against, if any is missing:
+# libcurl (the upstream transport), SQLite (the state store), pkg-config (how SwiftPM finds them)
+# and the curl command (the quick start uses it to talk to the socket).
+set -euo pipefail
+
+packages=(libcurl4-openssl-dev libsqlite3-dev pkg-config curl)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "Installing ${missing[*]} ..." >&2
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
