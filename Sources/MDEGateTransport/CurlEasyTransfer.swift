@@ -174,8 +174,9 @@ final class CurlEasyTransfer: @unchecked Sendable {
         try set(CURLOPT_TIMEOUT_MS, settings.requestTimeoutMilliseconds)
         try set(CURLOPT_TCP_KEEPALIVE, 1)
         try set(CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_2TLS)
-        // Prefer a new stream on an HTTP/2 connection being set up over opening another one.
-        try set(CURLOPT_PIPEWAIT, 1)
+        // No CURLOPT_PIPEWAIT: it would hold a request until an earlier one on the same host
+        // answered (to learn whether the connection multiplexes). The ledger recorded the
+        // attempt when it was dispatched; it must leave now, not one round trip later.
         try check("set CURLOPT_ERRORBUFFER", mdegate_curl_easy_setopt_pointer(easy, CURLOPT_ERRORBUFFER, errorBuffer))
 
         // Peer and host verification are always on; nothing in the configuration can turn them off.
