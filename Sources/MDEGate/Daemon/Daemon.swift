@@ -61,11 +61,14 @@ public enum Daemon {
                         "limits": "\(limits)", "guard": "\(configuration.quota.guardBand.configString)",
                     ])
             })
-        let services = ServiceGroup(
-            configuration: .init(
-                services: [.init(service: server)],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger))
+        var serviceConfiguration = ServiceGroupConfiguration(
+            services: [.init(service: server)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger)
+        // Bounded: a caller still waiting for a queued request must not hold up a stop forever.
+        serviceConfiguration.maximumGracefulShutdownDuration = .seconds(10)
+        serviceConfiguration.maximumCancellationDuration = .seconds(2)
+        let services = ServiceGroup(configuration: serviceConfiguration)
         try await services.run()
         logger.notice("mdegate stopped")
     }

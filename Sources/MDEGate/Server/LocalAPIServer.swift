@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import NIOExtras
 import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
@@ -30,8 +31,16 @@ public struct LocalAPIServer: Service {
 
     public func run() async throws {
         try prepareSocketPath()
+        // On shutdown the helper closes idle keep-alive connections and lets answers being
+        // written finish, so one idle client cannot keep the daemon alive.
+        let quiescing = ServerQuiescingHelper(group: group)
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
+                }
+            }
             .bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: true) { channel in
                 PeerCredentials.read(from: channel).flatMapThrowing { peer in
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
@@ -54,7 +63,8 @@ public struct LocalAPIServer: Service {
                 }
             }
         } onGracefulShutdown: {
-            server.channel.close(promise: nil)
+            logger.notice("shutting down: no new connections; finishing answers in progress")
+            quiescing.initiateShutdown(promise: nil)
         }
     }
 
