@@ -1,0 +1,111 @@
+import Foundation
+import MDEGateTransport
+import Testing
+
+/// What survives a crash, and what a reload changes.
+@Suite(
+    "Durability and reload: kill -9, restart, SIGHUP",
+    .disabled("the durable SQLite store and SIGHUP reload are issue 3; this suite is its acceptance test"))
+struct DurabilityTests {
+    /// Runs `body` with a second daemon started on the rig's directory (same socket, same state),
+    /// and stops that daemon afterwards.
+    private func withRestartedGateway<T>(
+        _ rig: TestRig, _ options: GatewayOptions, _ body: (GatewayProcess) async throws -> T
+    ) async throws -> T {
+        let restarted = try await GatewayProcess(directory: rig.directory, options: options, upstream: rig.simulator)
+        do {
+            let value = try await body(restarted)
+            if let end = restarted.unexpectedEnd { Issue.record("the restarted daemon ended with \(end)\n\(restarted.process.diagnostics())") }
+            await restarted.stop()
+            return value
+        } catch {
+            FileHandle.standardError.write(Data(restarted.process.diagnostics(lastLines: 80).utf8))
+            await restarted.stop()
+            throw error
+        }
+    }
+
+    @Test("after kill -9 and a restart, accepted requests are still there and the spent quota stays spent")
+    func crashAndRestart() async throws {
+        var options = GatewayOptions()
+        options.limits = ["1/1m"]
+        try await withRig(gateway: options) { rig in
+            let sent = try await rig.client.cancel(machineActionID())
+            #expect(sent.status == 200, "\(sent.summary)")
+            let sentRID = try #require(sent.requestID)
+            let queuedID = machineActionID()
+            let accepted = try await rig.client.cancel(queuedID, prefer: "respond-async")
+            #expect(accepted.status == 202, "\(accepted.summary)")
+            let queuedRID = try #require(try accepted.json()["id"]?.string)
+
+            try await rig.gateway.crash()
+
+            try await withRestartedGateway(rig, options) { restarted in
+                let queued = try await restarted.client.record(queuedRID)
+                #expect(queued["state"]?.string == "queued", "\(queued)")
+                let done = try await restarted.client.record(sentRID)
+                #expect(done["state"]?.string == "done", "\(done)")
+                let status = try await restarted.client.status()
+                #expect(status["limits"]?[0]?["used"]?.int == 1, "a restart never hands out a fresh quota: \(status)")
+                #expect(status["queue"]?["depth"]?.int == 1, "\(status)")
+                let stats = try await rig.simulator.stats()
+                #expect(stats.arrivals(for: queuedID) == 0, "\(stats)")
+                #expect(stats.arrivals == 1, "\(stats)")
+            }
+        }
+    }
+
+    @Test("a 429 pause survives kill -9 and a restart")
+    func pauseSurvivesRestart() async throws {
+        try await withRig { rig in
+            try await rig.simulator.setFaults(["next429": ["count": 1, "retryAfter": 60]])
+            let simulator = rig.simulator
+            let accepted = try await rig.client.cancel(machineActionID(), prefer: "respond-async")
+            #expect(accepted.status == 202, "\(accepted.summary)")
+            _ = try await eventually("the upstream to answer 429", { try await simulator.stats() }) { $0.answered(429) == 1 }
+            let paused = try await eventually("the gateway to report the pause", { try await rig.client.status() }) {
+                $0["pausedUntil"]?.string != nil
+            }
+
+            try await rig.gateway.crash()
+
+            try await withRestartedGateway(rig, GatewayOptions()) { restarted in
+                let status = try await restarted.client.status()
+                #expect(status["pausedUntil"]?.string != nil, "\(status)")
+                #expect(status["pausedUntil"] == paused["pausedUntil"], "\(status)")
+                #expect(try await simulator.stats().arrivals == 1, "nothing is sent during the pause")
+            }
+        }
+    }
+
+    @Test("SIGHUP reloads the limits while the daemon keeps serving")
+    func reloadLimits() async throws {
+        try await withRig { rig in
+            var changed = GatewayOptions()
+            changed.limits = ["7/1s", "20/4s"]
+            try rig.directory.write(changed.yaml(directory: rig.directory, upstream: rig.simulator.baseURL), to: "config.yaml")
+            rig.gateway.process.send(SIGHUP)
+            let status = try await eventually("the new limits in /v1/status", { try await rig.client.status() }) {
+                $0["limits"]?[0]?["spec"]?.string == "7/1s"
+            }
+            #expect(status["limits"]?[1]?["spec"]?.string == "20/4s")
+            let answer = try await rig.client.cancel(machineActionID())
+            #expect(answer.status == 200, "\(answer.summary)")
+        }
+    }
+
+    @Test("SIGHUP with an invalid file names the key, keeps the old configuration and keeps serving")
+    func reloadRefused() async throws {
+        try await withRig { rig in
+            var broken = GatewayOptions()
+            broken.limits = ["five per second"]
+            try rig.directory.write(broken.yaml(directory: rig.directory, upstream: rig.simulator.baseURL), to: "config.yaml")
+            rig.gateway.process.send(SIGHUP)
+            try await rig.gateway.process.waitForLine(containing: "quota.limits", in: [.stderr], timeout: .seconds(30))
+            let status = try await rig.client.status()
+            #expect(status["limits"]?[0]?["spec"]?.string == "5/1s", "\(status)")
+            let answer = try await rig.client.cancel(machineActionID())
+            #expect(answer.status == 200, "\(answer.summary)")
+        }
+    }
+}

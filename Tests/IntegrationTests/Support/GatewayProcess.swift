@@ -1,0 +1,149 @@
+import Foundation
+import MDEGateTransport
+import Synchronization
+
+/// The settings a test gives its gateway; defaults are small and fast.
+struct GatewayOptions: Sendable {
+    var limits = ["5/1s", "12/4s"]
+    var guardBand = "30ms"
+    var maxAttempts = 4
+    var initialBackoff = "50ms"
+    var maxBackoff = "200ms"
+    var maxPending = 1000
+    var connectTimeout = "2s"
+    var requestTimeout = "5s"
+    var maxConcurrency = 8
+    var logLevel = "debug"
+
+    /// The configuration file for a gateway in `directory` in front of the upstream at `baseURL`.
+    func yaml(directory: TemporaryDirectory, upstream baseURL: String) -> String {
+        """
+        socket:
+          path: \(directory.file("gw.sock"))
+          mode: "0660"
+        state:
+          path: \(directory.file("state.sqlite"))
+        upstream:
+          base_url: "\(baseURL)"
+          connect_timeout: \(connectTimeout)
+          request_timeout: \(requestTimeout)
+          max_concurrency: \(maxConcurrency)
+        auth:
+          token_file: \(directory.file("token"))
+        quota:
+          limits: [\(limits.map { "\"\($0)\"" }.joined(separator: ", "))]
+          guard: \(guardBand)
+        retry:
+          max_attempts: \(maxAttempts)
+          initial_backoff: \(initialBackoff)
+          max_backoff: \(maxBackoff)
+        queue:
+          max_pending: \(maxPending)
+        log:
+          level: \(logLevel)
+
+        """
+    }
+}
+
+/// A running `mdegate serve`, with a client for its Unix socket and a way to run its CLI.
+final class GatewayProcess: Sendable {
+    let process: TestProcess
+    let directory: TemporaryDirectory
+    let configPath: String
+    let socketPath: String
+    let client: GatewayClient
+    private let stopRequested = Atomic<Bool>(false)
+
+    /// Writes the configuration and the upstream's token into `directory`, starts the daemon and
+    /// waits until it says it is ready.
+    init(directory: TemporaryDirectory, options: GatewayOptions, upstream: SimulatorProcess) async throws {
+        self.directory = directory
+        configPath = directory.file("config.yaml")
+        socketPath = directory.file("gw.sock")
+        try directory.write(upstream.token, to: "token")
+        try directory.write(options.yaml(directory: directory, upstream: upstream.baseURL), to: "config.yaml")
+        let process = try TestProcess(
+            name: "mdegate serve",
+            executable: Binaries.gateway,
+            arguments: ["serve", "--config", configPath],
+            environment: TestProcess.environment()
+        )
+        do {
+            try await process.waitForLine(containing: "mdegate is ready")
+            client = try GatewayClient(socketPath: socketPath)
+        } catch {
+            await process.stop()
+            throw error
+        }
+        self.process = process
+    }
+
+    /// Runs the `mdegate` command line with `MDEGATE_SOCKET` pointing at this gateway.
+    func cli(_ arguments: [String], environment: [String: String] = [:]) async throws -> CommandResult {
+        try await CommandResult.run(arguments, environment: ["MDEGATE_SOCKET": socketPath].merging(environment) { _, new in new })
+    }
+
+    /// Sends SIGTERM as a test step: the daemon ending afterwards is expected, not a crash.
+    func requestStop() {
+        stopRequested.store(true, ordering: .sequentiallyConsistent)
+        process.send(SIGTERM)
+    }
+
+    /// Kills the daemon with SIGKILL as a test step (a crash, a power cut) and waits until it is gone.
+    func crash() async throws {
+        stopRequested.store(true, ordering: .sequentiallyConsistent)
+        client.shutdown()
+        process.send(SIGKILL)
+        try await process.waitForExit(timeout: .seconds(20))
+    }
+
+    /// The way the daemon ended, unless a test asked it to stop.
+    var unexpectedEnd: ProcessEnd? {
+        stopRequested.load(ordering: .sequentiallyConsistent) ? nil : process.end
+    }
+
+    @discardableResult
+    func stop() async -> ProcessEnd? {
+        client.shutdown()
+        return await process.stop()
+    }
+}
+
+/// What a finished `mdegate` command printed and how it exited.
+struct CommandResult: Sendable, CustomStringConvertible {
+    var end: ProcessEnd
+    var stdout: String
+    var stderr: String
+
+    /// The exit status, or -1 when a signal ended the command.
+    var exitCode: Int32 {
+        if case .exited(let code) = end { return code }
+        return -1
+    }
+
+    var description: String {
+        "mdegate ended with \(end)\nstdout: \(stdout.prefix(2000))\nstderr: \(stderr.prefix(2000))"
+    }
+
+    /// Runs `mdegate arguments` to the end (bounded in time) with a clean environment plus `environment`.
+    static func run(_ arguments: [String], environment: [String: String] = [:]) async throws -> CommandResult {
+        let process = try TestProcess(
+            name: "mdegate \(arguments.first ?? "")",
+            executable: Binaries.gateway,
+            arguments: arguments,
+            environment: TestProcess.environment(adding: environment)
+        )
+        do {
+            let end = try await process.waitForExit(timeout: .seconds(60))
+            return CommandResult(
+                end: end,
+                stdout: process.lines(.stdout).joined(separator: "\n"),
+                stderr: process.lines(.stderr).joined(separator: "\n")
+            )
+        } catch {
+            await process.stop()
+            throw error
+        }
+    }
+}

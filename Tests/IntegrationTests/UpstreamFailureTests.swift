@@ -1,0 +1,96 @@
+import Foundation
+import MDEGateTransport
+import Testing
+
+/// What the gateway does when the upstream fails, refuses or stays silent.
+@Suite("Upstream failures: retries, 429 pause, no answer")
+struct UpstreamFailureTests {
+    @Test("5xx answers are retried, and every attempt is recorded (attempts == upstream arrivals)")
+    func retriedUntilSuccess() async throws {
+        try await withRig(simulator: ["--fail-first", "2"]) { rig in
+            let id = machineActionID()
+            let answer = try await rig.client.cancel(id)
+            #expect(answer.status == 200, "\(answer.summary)")
+            let record = try await rig.client.record(try #require(answer.requestID))
+            #expect(record["state"]?.string == "done")
+            #expect(record["attempts"]?.int == 3, "\(record)")
+            let stats = try await rig.simulator.stats()
+            #expect(stats.arrivals(for: id) == 3, "\(stats)")
+            #expect(stats.answered(503) == 2)
+            let status = try await rig.client.status()
+            // The 4 s window of 12/4s still holds all three attempts.
+            #expect(status["limits"]?[1]?["used"]?.int == 3, "retries spend quota: \(status)")
+        }
+    }
+
+    @Test("when retry.max_attempts runs out, the last 5xx is passed through as it came and the request failed")
+    func retriesExhausted() async throws {
+        var options = GatewayOptions()
+        options.maxAttempts = 3
+        try await withRig(simulator: ["--fail-first", "10"], gateway: options) { rig in
+            let id = machineActionID()
+            let answer = try await rig.client.cancel(id)
+            #expect(answer.status == 503, "\(answer.summary)")
+            #expect(answer.errorCode == "ServiceUnavailable", "the upstream's body: \(answer.summary)")
+            let record = try await rig.client.record(try #require(answer.requestID))
+            #expect(record["state"]?.string == "failed")
+            #expect(record["attempts"]?.int == 3, "\(record)")
+            #expect(record["response"]?["status"]?.int == 503)
+            #expect(try await rig.simulator.stats().arrivals(for: id) == 3)
+        }
+    }
+
+    @Test("a 429 pauses the gateway until Retry-After, then the request is sent again without using up a retry")
+    func pausedByTooManyRequests() async throws {
+        var options = GatewayOptions()
+        options.maxAttempts = 1  // a 429 must not count as the one allowed attempt
+        try await withRig(gateway: options) { rig in
+            try await rig.simulator.setFaults(["next429": ["count": 1, "retryAfter": 2]])
+            let client = rig.client
+            let simulator = rig.simulator
+            let id = machineActionID()
+            async let answer = client.cancel(id)
+
+            _ = try await eventually("the upstream to answer 429", { try await simulator.stats() }) { $0.answered(429) == 1 }
+            let status = try await client.status()
+            if try await simulator.stats().arrivals(for: id) == 1 {
+                // Still paused (the retry has not arrived yet), so the status must say so.
+                #expect(status["pausedUntil"]?.string != nil, "\(status)")
+            }
+
+            let final = try await answer
+            #expect(final.status == 200, "\(final.summary)")
+            let record = try await client.record(try #require(final.requestID))
+            #expect(record["state"]?.string == "done")
+            #expect(record["attempts"]?.int == 2, "\(record)")
+            let stats = try await simulator.stats()
+            #expect(stats.arrivals(for: id) == 2, "\(stats)")
+            #expect(stats.answered(429) == 1)
+            let after = try await client.status()
+            // The 2 s pause outlasts the 1 s window of 5/1s; the 4 s window of 12/4s holds both attempts.
+            #expect(after["limits"]?[1]?["used"]?.int == 2, "the 429 attempt is in the ledger too: \(after)")
+            #expect(after["pausedUntil"]?.isNull == true, "\(after)")
+        }
+    }
+
+    @Test("when the last attempt gets no answer, a synchronous caller gets 502 UpstreamUnavailable")
+    func noAnswer() async throws {
+        var options = GatewayOptions()
+        options.maxAttempts = 2
+        try await withRig(simulator: ["--drop-rate", "1"], gateway: options) { rig in
+            let id = machineActionID()
+            let answer = try await rig.client.cancel(id)
+            #expect(answer.status == 502, "\(answer.summary)")
+            #expect(answer.errorCode == "UpstreamUnavailable", "\(answer.summary)")
+            #expect(try answer.json()["error"]?["message"]?.string?.isEmpty == false)
+            let target = (try? answer.json())?["error"]?["target"]?.string
+            let rid = try #require(answer.requestID ?? target)
+            let record = try await rig.client.record(rid)
+            #expect(record["state"]?.string == "failed")
+            #expect(record["attempts"]?.int == 2, "\(record)")
+            let stats = try await rig.simulator.stats()
+            #expect(stats.arrivals(for: id) == 2, "one arrival per attempt, no silent resends: \(stats)")
+            #expect(stats.dropped == 2)
+        }
+    }
+}
