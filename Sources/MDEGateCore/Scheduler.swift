@@ -34,6 +34,20 @@ public struct Scheduler: Sendable {
         public internal(set) var attempts: Int
         /// Attempts that failed (5xx or no answer); these are limited by `RetryPolicy.maxAttempts`.
         public internal(set) var failures: Int
+
+        /// A job as recovered from durable state (see `Scheduler.restore`).
+        public init(
+            id: RequestID, machineActionID: String, client: ClientID, members: [RequestID],
+            state: State = .queued, attempts: Int = 0, failures: Int = 0
+        ) {
+            self.id = id
+            self.machineActionID = machineActionID
+            self.client = client
+            self.members = members
+            self.state = state
+            self.attempts = attempts
+            self.failures = failures
+        }
     }
 
     /// The answer to a submission.

@@ -103,7 +103,34 @@ public actor Gateway {
             maxPending: settings.maxPending,
             pausedUntil: state.pausedUntil)
         for record in state.records { records[record.id] = record }
+        restoreUnfinishedJobs(state.records)
         pump()
+    }
+
+    /// Rebuilds the jobs of requests that were queued or being sent, in their original order.
+    /// A request that was being sent is queued again; its attempt already counts in the ledger.
+    private func restoreUnfinishedJobs(_ stored: [RequestRecord]) {
+        let unfinished = stored.filter { !$0.state.isFinal }.sorted { $0.createdAt < $1.createdAt }
+        var members: [RequestID: [RequestRecord]] = [:]
+        var order: [RequestID] = []
+        for record in unfinished {
+            let jobID = record.joined ?? record.id
+            if members[jobID] == nil { order.append(jobID) }
+            members[jobID, default: []].append(record)
+            records[record.id]?.state = .queued
+        }
+        for jobID in order {
+            let group = members[jobID]!
+            let attempts = group.map(\.attempts).max() ?? 0
+            scheduler.restore(
+                Scheduler.Job(
+                    id: jobID, machineActionID: group[0].machineActionID, client: group[0].clientID,
+                    members: group.map(\.id), attempts: attempts,
+                    // Failures are not stored apart from throttled attempts: count every attempt as
+                    // one, which can only shorten the retries left, never add upstream calls.
+                    failures: attempts))
+        }
+        if !order.isEmpty { logger.notice("restored unfinished requests", metadata: ["jobs": "\(order.count)"]) }
     }
 
     // MARK: Requests

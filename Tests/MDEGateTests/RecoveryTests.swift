@@ -1,0 +1,65 @@
+import Logging
+import MDEGateCore
+import MDEGateTransport
+import NIOPosix
+import Testing
+
+@testable import MDEGate
+
+@Suite("Start-up from stored state")
+struct RecoveryTests {
+    @Test("queued and interrupted requests come back in order, coalesced ones with their job, and the ledger stays spent")
+    func restoresUnfinishedWork() async throws {
+        let now = Gateway.wallClock()
+        let client = RequestRecord.Client(uid: 1000, pid: 42, name: "soar")
+        func record(_ id: String, _ machineAction: String, _ state: RequestRecord.State, joined: String? = nil, attempts: Int = 0, age: Double)
+            -> RequestRecord
+        {
+            RequestRecord(
+                id: id, machineActionID: machineAction, comment: "c", client: client, state: state, attempts: attempts,
+                joined: joined, createdAt: now - .milliseconds(Int64(age * 1000)), completedAt: nil, response: nil,
+                lastError: nil)
+        }
+        let first = "988cc94e-7a8f-4b28-ab65-000000000001"
+        let second = "988cc94e-7a8f-4b28-ab65-000000000002"
+        let store = InMemoryStore()
+        try await store.apply([
+            .record(record("r1", first, .sending, attempts: 1, age: 30)),
+            .record(record("r2", second, .queued, age: 20)),
+            .record(record("r3", first.uppercased(), .queued, joined: "r1", age: 10)),
+            .attempt(now - .seconds(30)),
+        ])
+        // The simulator is not running: nothing may be sent, and the one-per-hour limit is spent.
+        let transport = try CurlTransport(configuration: .init(connectTimeout: .milliseconds(200)))
+        defer { transport.shutdown() }
+        let gateway = Gateway(
+            settings: .init(
+                limits: [Limit(calls: 1, window: .seconds(3600))], guardBand: .zero,
+                retryPolicy: RetryPolicy(maxAttempts: 4, initialBackoff: .seconds(1), maxBackoff: .seconds(1)),
+                maxConcurrency: 1, maxPending: 10),
+            store: store, upstream: UpstreamClient(transport: transport, baseURL: "http://127.0.0.1:9"),
+            tokens: TokenFileProvider(path: "/nonexistent"), eventLoop: MultiThreadedEventLoopGroup.singleton.any(),
+            logger: Logger(label: "test"))
+        try await gateway.start()
+
+        let status = await gateway.status()
+        #expect(status.limits.first?.used == 1)
+        #expect(status.queue.depth == 3)
+        let interrupted = try #require(await gateway.document("r1"))
+        #expect(interrupted.record.state == .queued)
+        #expect(interrupted.position == 1)
+        #expect(await gateway.document("r3")?.position == 1, "r3 rides on r1's job")
+        #expect(await gateway.document("r2")?.position == 2)
+        let withdrawal = try await gateway.withdraw("r1")
+        guard case .alreadySent = withdrawal else {
+            Issue.record("an interrupted send already counts as sent, got \(withdrawal)")
+            return
+        }
+        let admission = try await gateway.submit(machineActionID: first, comment: "again", client: client)
+        guard case .accepted(let joined) = admission else {
+            Issue.record("expected the new request to be accepted")
+            return
+        }
+        #expect(joined.joined == "r1")
+    }
+}
