@@ -72,6 +72,20 @@ final class Simulator: Sendable {
         var dropped = 0
         var maxInFlight = 0
         var inFlight = 0
+        /// Wall-clock (CLOCK_REALTIME) nanoseconds since the epoch of each cancel arrival, in order,
+        /// so a benchmark can compare them with the gateway's ledger; the first
+        /// `maxRecordedArrivalTimes` after a reset only.
+        var arrivalTimesNs: [Int64] = []
+    }
+
+    /// Bounds the memory `Counters.arrivalTimesNs` may take (8 bytes each).
+    static let maxRecordedArrivalTimes = 200_000
+
+    /// The wall clock, which the gateway's ledger uses too (the limits are judged on `NIODeadline`).
+    private static func wallClockNanoseconds() -> Int64 {
+        var spec = timespec()
+        clock_gettime(CLOCK_REALTIME, &spec)
+        return Int64(spec.tv_sec) * 1_000_000_000 + Int64(spec.tv_nsec)
     }
 
     init(configuration: SimulatorConfiguration) {
@@ -152,6 +166,9 @@ final class Simulator: Sendable {
         let (verdict, delay) = self.state.withLock { state -> (Verdict, TimeAmount) in
             let now = NIODeadline.now()
             state.counters.arrivals += 1
+            if state.counters.arrivalTimesNs.count < Self.maxRecordedArrivalTimes {
+                state.counters.arrivalTimesNs.append(Self.wallClockNanoseconds())
+            }
             let attempt = state.counters.arrivalsById[key, default: 0] + 1
             state.counters.arrivalsById[key] = attempt
             state.inFlight += 1
