@@ -50,6 +50,7 @@ final class Lab: Sendable {
         _ environment: Environment, keepWorkspace: Bool, _ body: (Lab) async throws -> Result
     ) async throws -> Result {
         let lab = Lab(workspace: try Workspace.create(), environment: environment)
+        if !keepWorkspace { environment.children.addDirectory(lab.workspace.path) }
         defer {
             if keepWorkspace {
                 FileHandle.standardError.write(Data("mdegate-bench: kept \(lab.workspace.path)\n".utf8))

@@ -6,10 +6,19 @@ import Synchronization
 import Glibc
 #endif
 
-/// The processes this run started, so a timeout, an error or Ctrl-C can end them (by pid, and
-/// only these).
+/// The processes and scratch directories this run made, so a timeout, an error or Ctrl-C can
+/// end them (by pid, and only these) and remove them.
 final class Children: Sendable {
     private let pids = Mutex<Set<pid_t>>([])
+    private let directories = Mutex<[String]>([])
+
+    func addDirectory(_ path: String) { directories.withLock { $0.append(path) } }
+
+    /// Kills every child and removes the scratch directories: the last act of an interrupted run.
+    func abandon() {
+        signalAll(SIGKILL)
+        for path in directories.withLock({ $0 }) { try? FileManager.default.removeItem(atPath: path) }
+    }
 
     func add(_ pid: pid_t) { _ = pids.withLock { $0.insert(pid) } }
     func remove(_ pid: pid_t) { _ = pids.withLock { $0.remove(pid) } }

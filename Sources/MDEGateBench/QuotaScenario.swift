@@ -17,6 +17,8 @@ struct QuotaScenario: Sendable {
     var targetContext: String
     /// How long the simulator holds each answer, standing in for the real upstream's round trip.
     var upstreamDelay: Duration?
+    /// Poll `GET /v1/status` during the run to read the gateway's own attempt times (see `LedgerProbe`).
+    var probeLedger = false
     /// Where to write each arrival with its ideal instant and lag, for analysis.
     var arrivalsCSV: String?
 
@@ -46,12 +48,19 @@ struct QuotaScenario: Sendable {
             simulator: simulator)
         try simulator.reset(timeoutSeconds: 10)
 
+        let probe = probeLedger ? LedgerProbe(daemon: daemon, requests: requests, limits: limits, guardBand: guardBand) : nil
+        let probing = probe.map { probe in Task { await onThreads(1) { _ in probe.run(until: lab.environment.softDeadlineMonotonic) } } }
         let calls = try await fire(at: daemon.endpoint, timeoutSeconds: lab.environment.secondsLeft)
+        probe?.stop()
+        await probing?.value
         let stats = try simulator.stats(timeoutSeconds: 30)
         guard daemon.process.isRunning else {
             throw BenchError("the daemon exited during the run:\n\(daemon.process.logTail())")
         }
-        analyse(calls: calls, stats: stats, into: &report)
+        analyse(calls: calls, stats: stats, recorded: probe?.recordedTimes ?? [:], into: &report)
+        if let probe, let arrivals = stats.arrivalTimesNs {
+            probe.analyse(arrivals: arrivals, into: &report)
+        }
         return report
     }
 
@@ -100,7 +109,7 @@ struct QuotaScenario: Sendable {
         return results.value
     }
 
-    private func analyse(calls: [Call], stats: SimulatorStats, into report: inout Report) {
+    private func analyse(calls: [Call], stats: SimulatorStats, recorded: [Int: Int64], into report: inout Report) {
         // Upstream strictness.
         let throttled = stats.answered["429"] ?? 0
         report.target("simulator limit violations", "\(stats.violations)", target: "0", met: stats.violations == 0,
@@ -152,7 +161,7 @@ struct QuotaScenario: Sendable {
         var steady: [Double] = []
         var all: [Double] = []
         var isSlotBound: [Bool] = []
-        var csv = "index,arrival_ns,ideal_ns,lag_ms,slot_bound,freed_by\n"
+        var csv = "index,arrival_ns,ideal_ns,lag_ms,slot_bound,freed_by,recorded_ms_precision_ns\n"
         var initialBatchEnd = first
         for (index, arrival) in arrivals.enumerated() {
             let opening = limits.compactMap { limit -> (index: Int, opens: Int64)? in
@@ -172,7 +181,7 @@ struct QuotaScenario: Sendable {
                 initialBatchEnd = max(initialBatchEnd, arrival)
             }
             isSlotBound.append(slot > first)
-            csv += "\(index),\(arrival),\(ideal),\(lag),\(slot > first),\(freedBy.map(String.init) ?? "")\n"
+            csv += "\(index),\(arrival),\(ideal),\(lag),\(slot > first),\(freedBy.map(String.init) ?? ""),\(recorded[index].map(String.init) ?? "")\n"
         }
         if let arrivalsCSV {
             do {

@@ -58,7 +58,7 @@ struct CommonOptions: ParsableArguments {
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
             source.setEventHandler {
-                children.signalAll(SIGKILL)
+                children.abandon()
                 FileHandle.standardError.write(Data("mdegate-bench: interrupted; stopped the simulator and the daemon\n".utf8))
                 Glibc.exit(130)
             }
@@ -118,6 +118,9 @@ struct QuotaOptions: ParsableArguments {
     @Option(help: "Have the simulator hold each answer this long (e.g. 50ms), like a distant upstream.", transform: QuotaOptions.duration)
     var upstreamDelay: Duration?
 
+    @Flag(help: "Poll GET /v1/status every 100 ms to sample the gateway's own attempt times (adds a little load).")
+    var probeLedger = false
+
     @Option(help: "Write every upstream arrival with its ideal instant and lag to this CSV file.")
     var arrivalsCsv: String?
 
@@ -153,7 +156,7 @@ struct QuotaOptions: ParsableArguments {
             name: name, requests: requests ?? defaultRequests,
             limits: limits ?? defaultLimits.split(separator: ",").map { Limit(spec: String($0))! },
             guardBand: guardBand ?? defaultGuard, clients: clients, maxConcurrency: maxConcurrency,
-            utilizationTarget: utilizationTarget, targetContext: targetContext, upstreamDelay: upstreamDelay, arrivalsCSV: arrivalsCsv)
+            utilizationTarget: utilizationTarget, targetContext: targetContext, upstreamDelay: upstreamDelay, probeLedger: probeLedger, arrivalsCSV: arrivalsCsv)
     }
 }
 
