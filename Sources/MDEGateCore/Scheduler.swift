@@ -299,10 +299,11 @@ public struct Scheduler: Sendable {
     public func position(of request: RequestID, at now: Timestamp) -> (
         position: Int, estimatedDispatchAt: Timestamp
     )? {
-        guard let job = job(of: request), job.state == .queued,
-            let index = queues[job.client]?.firstIndex(of: job.id),
+        guard let job = job(of: request), job.state == .queued, let queue = queues[job.client],
             let turn = rotation.firstIndex(of: job.client)
         else { return nil }
+        // Search from the back: a request just admitted (the common question) is at or near the end.
+        guard let index = queue.lastIndex(of: job.id) else { return nil }
         // Jobs sent before it: its own client's earlier ones, and from every other client as many
         // as rounds pass (one more from the clients ahead of it in this round).
         var ahead = index
@@ -310,8 +311,20 @@ public struct Scheduler: Sendable {
             ahead += min(queues[other]!.count, place < turn ? index + 1 : index)
         }
         let start = max(now, pausedUntil ?? now)
-        let slot = ledger.projectedSlots(count: ahead + 1, notBefore: start).last!
-        return (ahead + 1, slot)
+        return (ahead + 1, estimatedSlot(ahead, notBefore: start))
+    }
+
+    /// The instant of the `index`-th next slot (0-based). The first `exactSlots` are projected
+    /// with the ledger; beyond that the estimate extrapolates at the pace of the tightest limit,
+    /// so answering a request deep in a long queue stays cheap.
+    private func estimatedSlot(_ index: Int, notBefore start: Timestamp) -> Timestamp {
+        let exactSlots = 32
+        let projected = ledger.projectedSlots(count: min(index, exactSlots - 1) + 1, notBefore: start)
+        let remaining = index - (projected.count - 1)
+        guard remaining > 0 else { return projected.last! }
+        let paces = ledger.limits.map { Double(($0.window + ledger.guardBand).nanoseconds) / Double($0.calls) }
+        let pace = paces.max() ?? 0
+        return projected.last! + .nanoseconds(Int64(pace * Double(remaining)))
     }
 
     // MARK: Internals

@@ -52,9 +52,12 @@ public actor InMemoryStore: GatewayStore {
             case .forget(let id): records[id] = nil
             }
         }
-        // Attempts older than any window are of no use; keep the last day at most.
+        // Attempts older than any window are of no use; keep the last day at most. They are in
+        // time order, so only a prefix can be old.
         if let newest = attempts.last {
-            attempts.removeAll { $0 < newest - .seconds(86_400) }
+            let horizon = newest - .seconds(86_400)
+            let old = attempts.prefix { $0 < horizon }.count
+            attempts.removeFirst(old)
         }
     }
 

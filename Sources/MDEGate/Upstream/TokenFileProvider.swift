@@ -2,8 +2,9 @@ import Foundation
 
 /// A bearer token kept fresh by another tool in a file (`auth.token_file`).
 ///
-/// The file is read again whenever its modification time or size changes, so a rotated token is
-/// picked up without a restart; the token itself is never logged.
+/// The file is looked at again at most once a second (the dispatch path asks for the token on
+/// every attempt) and read again whenever its modification time or size changed, so a rotated
+/// token is picked up within a second, without a restart. The token itself is never logged.
 public final class TokenFileProvider: Sendable {
     public let path: String
     private struct Cache: Sendable {
@@ -11,7 +12,10 @@ public final class TokenFileProvider: Sendable {
         var modified: Date?
         var size: Int?
         var lastError: String?
+        var checkedAt: ContinuousClock.Instant?
     }
+    /// How long a token read from the file is used before the file is looked at again.
+    private static let recheckInterval: Duration = .seconds(1)
     private let cache = LockedState(Cache())
 
     public init(path: String) {
@@ -20,6 +24,13 @@ public final class TokenFileProvider: Sendable {
 
     /// The current token, or an error that says what is wrong with the file (never its content).
     public func token() -> Result<String, TokenError> {
+        let now = ContinuousClock.now
+        if let fresh = cache.withLock({ cache -> String? in
+            guard let checkedAt = cache.checkedAt, now - checkedAt < Self.recheckInterval else { return nil }
+            return cache.token
+        }) {
+            return .success(fresh)
+        }
         let attributes: [FileAttributeKey: Any]
         do {
             attributes = try FileManager.default.attributesOfItem(atPath: path)
@@ -28,7 +39,11 @@ public final class TokenFileProvider: Sendable {
         }
         let modified = attributes[.modificationDate] as? Date
         let size = (attributes[.size] as? NSNumber)?.intValue
-        if let cached = cache.withLock({ $0.modified == modified && $0.size == size ? $0.token : nil }) {
+        if let cached = cache.withLock({ cache -> String? in
+            guard cache.modified == modified, cache.size == size, let token = cache.token else { return nil }
+            cache.checkedAt = now
+            return token
+        }) {
             return .success(cached)
         }
         guard let data = FileManager.default.contents(atPath: path) else {
@@ -39,7 +54,7 @@ public final class TokenFileProvider: Sendable {
         guard !token.contains(where: { $0.isWhitespace || $0.isNewline }) else {
             return fail("auth.token_file \(path) holds more than one word; it must hold the bearer token alone")
         }
-        cache.withLock { $0 = Cache(token: token, modified: modified, size: size, lastError: nil) }
+        cache.withLock { $0 = Cache(token: token, modified: modified, size: size, lastError: nil, checkedAt: now) }
         return .success(token)
     }
 
