@@ -52,11 +52,12 @@ struct UpstreamFailureTests {
             async let answer = client.cancel(id)
 
             _ = try await eventually("the upstream to answer 429", { try await simulator.stats() }) { $0.answered(429) == 1 }
-            let status = try await client.status()
-            if try await simulator.stats().arrivals(for: id) == 1 {
-                // Still paused (the retry has not arrived yet), so the status must say so.
-                #expect(status["pausedUntil"]?.string != nil, "\(status)")
+            // The gateway reports the pause once it has taken the 429 in (a moment after the
+            // simulator answered), and until the retry leaves 2 s later.
+            let status = try await eventually("the gateway to report the pause", { try await client.status() }) {
+                $0["pausedUntil"]?.string != nil
             }
+            #expect(try await simulator.stats().arrivals(for: id) == 1, "no attempt while paused: \(status)")
 
             let final = try await answer
             #expect(final.status == 200, "\(final.summary)")

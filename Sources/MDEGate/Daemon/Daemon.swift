@@ -8,9 +8,11 @@ import NIOPosix
 import ServiceLifecycle
 
 /// `mdegate serve`: wires configuration, transport, store, gateway and server together and runs
-/// them until SIGTERM or SIGINT.
+/// them until SIGTERM or SIGINT, telling systemd about it when systemd started it.
 public enum Daemon {
     public static func run(configPath: String) async throws {
+        // First, while no other thread reads the environment: a socket passed by systemd.
+        let activatedDescriptor = SocketActivation.listenFD()
         let loaded = try GatewayConfiguration.load(path: configPath)
         let configuration = loaded.configuration
         LoggingSystem.bootstrap { label in
@@ -21,6 +23,18 @@ public enum Daemon {
         let logger = Logger(label: "mdegate")
         for warning in loaded.warnings {
             logger.warning("configuration: \(warning)", metadata: ["config": "\(configPath)"])
+        }
+
+        let notifier = SystemdNotifier(logger: Logger(label: "mdegate.systemd"))
+        let listener: LocalAPIServer.Listener
+        if let activatedDescriptor {
+            let socket = try ListeningSocket(adopting: activatedDescriptor)
+            listener = .inherited(socket)
+            logger.info(
+                "serving the socket systemd passed in; socket.path and socket.mode are not used",
+                metadata: ["socket": "\(socket)"])
+        } else {
+            listener = .path(configuration.socket.path, mode: configuration.socket.mode)
         }
 
         guard case .tokenFile(let tokenPath) = configuration.auth.method else {
@@ -48,21 +62,29 @@ public enum Daemon {
             logger: logger)
         try await gateway.start()
 
-        let socketPath = configuration.socket.path
         let limits = configuration.quota.limits.map(\.spec).joined(separator: " + ")
         let server = LocalAPIServer(
-            socketPath: socketPath, socketMode: configuration.socket.mode,
+            listener: listener,
             api: LocalAPI(gateway: gateway, logger: logger), group: group, logger: logger,
             onReady: {
                 logger.notice(
                     "mdegate is ready",
                     metadata: [
-                        "socket": "\(socketPath)", "upstream": "\(configuration.upstream.baseURL)",
+                        "socket": "\(listener)", "upstream": "\(configuration.upstream.baseURL)",
                         "limits": "\(limits)", "guard": "\(configuration.quota.guardBand.configString)",
                     ])
-            })
+                notifier.ready(status: "serving; \(await gateway.status().systemdStatus)")
+            },
+            onShutdown: { notifier.stopping() })
+        // Shut down in reverse order: the server stops accepting and drains first, while the
+        // heartbeat keeps the watchdog fed until it is done.
+        var serviceList: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if notifier.isEnabled {
+            serviceList.append(.init(service: SystemdHeartbeat(notifier: notifier, gateway: gateway)))
+        }
+        serviceList.append(.init(service: server))
         var serviceConfiguration = ServiceGroupConfiguration(
-            services: [.init(service: server)],
+            services: serviceList,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         // Bounded: a caller still waiting for a queued request must not hold up a stop forever.

@@ -9,51 +9,90 @@ import ServiceLifecycle
 /// The HTTP/1.1 server on the Unix socket: SwiftNIO parses and frames the messages, `LocalAPI`
 /// answers them. One task per connection; keep-alive and pipelining as HTTP/1.1 allows.
 public struct LocalAPIServer: Service {
-    public let socketPath: String
-    public let socketMode: mode_t
+    /// Where the server listens.
+    public enum Listener: Sendable, CustomStringConvertible {
+        /// A socket file the server binds itself (`socket.path`), with `mode` set on it: started
+        /// directly, without systemd.
+        case path(String, mode: mode_t)
+        /// The socket systemd passed in (socket activation). Path, mode and group belong to the
+        /// socket unit: the server neither changes nor removes the file.
+        case inherited(ListeningSocket)
+
+        public var description: String {
+            switch self {
+            case .path(let path, _): path
+            case .inherited(let socket): socket.description
+            }
+        }
+    }
+
+    public let listener: Listener
     let api: LocalAPI
     let group: any EventLoopGroup
     let logger: Logger
-    /// Called once the socket is listening (to log readiness, notify systemd, and so on).
-    let onReady: @Sendable () -> Void
+    /// Called once the socket accepts connections (to log readiness, notify systemd, and so on).
+    let onReady: @Sendable () async -> Void
+    /// Called when shutdown begins: no new connections from here on.
+    let onShutdown: @Sendable () -> Void
+
+    /// The backlog of a socket the server binds itself.
+    static let backlog: Int32 = 256
 
     public init(
-        socketPath: String, socketMode: mode_t, api: LocalAPI, group: any EventLoopGroup, logger: Logger,
-        onReady: @escaping @Sendable () -> Void
+        listener: Listener, api: LocalAPI, group: any EventLoopGroup, logger: Logger,
+        onReady: @escaping @Sendable () async -> Void,
+        onShutdown: @escaping @Sendable () -> Void = {}
     ) {
-        self.socketPath = socketPath
-        self.socketMode = socketMode
+        self.listener = listener
         self.api = api
         self.group = group
         self.logger = logger
         self.onReady = onReady
+        self.onShutdown = onShutdown
     }
 
     public func run() async throws {
-        try prepareSocketPath()
         // On shutdown the helper closes idle keep-alive connections and lets answers being
         // written finish, so one idle client cannot keep the daemon alive.
         let quiescing = ServerQuiescingHelper(group: group)
-        let server = try await ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 256)
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: Self.backlog)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
                 }
             }
-            .bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: true) { channel in
-                PeerCredentials.read(from: channel).flatMapThrowing { peer in
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    let connection = try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
-                        wrappingChannelSynchronously: channel)
-                    return Connection(channel: connection, peer: peer)
-                }
+        let accept: @Sendable (any Channel) -> EventLoopFuture<Connection> = { channel in
+            PeerCredentials.read(from: channel).flatMapThrowing { peer in
+                try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                let connection = try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
+                    wrappingChannelSynchronously: channel)
+                return Connection(channel: connection, peer: peer)
             }
-        // NIO creates the socket file with the process umask; the mode decides who may connect.
-        guard chmod(socketPath, socketMode) == 0 else {
-            throw DaemonError("cannot set socket.mode \(String(socketMode, radix: 8)) on \(socketPath): \(String(cString: strerror(errno)))")
         }
-        onReady()
+
+        let server: NIOAsyncChannel<Connection, Never>
+        switch listener {
+        case .path(let socketPath, let socketMode):
+            try prepareSocketPath(socketPath)
+            server = try await bootstrap.bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: true, childChannelInitializer: accept)
+            // NIO creates the socket file with the process umask; the mode decides who may connect.
+            guard chmod(socketPath, socketMode) == 0 else {
+                throw DaemonError("cannot set socket.mode \(String(socketMode, radix: 8)) on \(socketPath): \(String(cString: strerror(errno)))")
+            }
+        case .inherited(let socket):
+            // NIO takes the descriptor over (and closes it at the end; systemd keeps its own copy).
+            server = try await bootstrap.bind(socket.descriptor, childChannelInitializer: accept)
+            // Adopting, NIO calls listen() again with its default backlog of 128, which would cut
+            // the socket unit's deep Backlog= short; ask for the most again (the kernel caps it at
+            // net.core.somaxconn, as systemd's default does).
+            if listen(socket.descriptor, Int32.max) != 0 {
+                logger.warning(
+                    "cannot restore the backlog of the socket from systemd",
+                    metadata: ["socket": "\(socket)", "error": "\(String(cString: strerror(errno)))"])
+            }
+        }
+        await onReady()
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
                 try await server.executeThenClose { connections in
@@ -64,6 +103,7 @@ public struct LocalAPIServer: Service {
             }
         } onGracefulShutdown: {
             logger.notice("shutting down: no new connections; finishing answers in progress")
+            onShutdown()
             quiescing.initiateShutdown(promise: nil)
         }
     }
@@ -119,7 +159,7 @@ public struct LocalAPIServer: Service {
 
     /// Creates the socket's directory if needed, and refuses to take over a socket another
     /// running mdegate still serves (NIO would otherwise silently unlink it).
-    private func prepareSocketPath() throws {
+    private func prepareSocketPath(_ socketPath: String) throws {
         let directory = (socketPath as NSString).deletingLastPathComponent
         if !directory.isEmpty {
             try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)

@@ -1,0 +1,49 @@
+import Foundation
+
+/// The systemd tools that work without systemd as PID 1, and the repository's unit files.
+enum SystemdTools {
+    /// `systemd-analyze`, if installed (`verify`, `security --offline=true`).
+    static let analyze = executable("systemd-analyze")
+    /// `systemd-socket-activate`, if installed: listens like a socket unit and execs the daemon.
+    static let socketActivate = executable("systemd-socket-activate")
+    static let sysusers = executable("systemd-sysusers")
+    static let tmpfiles = executable("systemd-tmpfiles")
+
+    /// The repository's `systemd/` directory, found from this file's place in the checkout.
+    static let unitDirectory: URL = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent()  // Support
+        .deletingLastPathComponent()  // IntegrationTests
+        .deletingLastPathComponent()  // Tests
+        .deletingLastPathComponent()  // the package
+        .appendingPathComponent("systemd", isDirectory: true)
+
+    static func unitFile(_ name: String) -> URL {
+        unitDirectory.appendingPathComponent(name)
+    }
+
+    /// The first executable called `name` on `PATH` (or in the sbin directories a root shell has).
+    static func executable(_ name: String) -> URL? {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
+        let directories = path.split(separator: ":").map(String.init) + ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+        return directories.lazy
+            .map { URL(fileURLWithPath: $0).appendingPathComponent(name) }
+            .first { FileManager.default.isExecutableFile(atPath: $0.path) }
+    }
+
+    /// Runs `executable` to its end (bounded in time) and returns how it ended and what it printed.
+    static func run(_ executable: URL, _ arguments: [String], timeout: Duration = .seconds(60)) async throws -> CommandResult {
+        let process = try TestProcess(
+            name: executable.lastPathComponent, executable: executable, arguments: arguments,
+            environment: TestProcess.environment(adding: ["SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "cat", "LC_ALL": "C.UTF-8"]))
+        do {
+            let end = try await process.waitForExit(timeout: timeout)
+            return CommandResult(
+                end: end,
+                stdout: process.lines(.stdout).joined(separator: "\n"),
+                stderr: process.lines(.stderr).joined(separator: "\n"))
+        } catch {
+            await process.stop()
+            throw error
+        }
+    }
+}
