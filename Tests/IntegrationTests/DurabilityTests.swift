@@ -3,9 +3,7 @@ import MDEGateTransport
 import Testing
 
 /// What survives a crash, and what a reload changes.
-@Suite(
-    "Durability and reload: kill -9, restart, SIGHUP",
-    .disabled("the durable SQLite store and SIGHUP reload are issue 3; this suite is its acceptance test"))
+@Suite("Durability and reload: kill -9, restart, SIGHUP")
 struct DurabilityTests {
     /// Runs `body` with a second daemon started on the rig's directory (same socket, same state),
     /// and stops that daemon afterwards.

@@ -6,12 +6,15 @@ import MDEGateTransport
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import UnixSignals
 
 /// `mdegate serve`: wires configuration, transport, store, gateway and server together and runs
 /// them until SIGTERM or SIGINT, telling systemd about it when systemd started it.
 public enum Daemon {
     public static func run(configPath: String) async throws {
-        // First, while no other thread reads the environment: a socket passed by systemd.
+        // First, before a SIGHUP can arrive and end the process: its handler.
+        let reloadSignals = await UnixSignalsSequence(trapping: .sighup)
+        // Then, while no other thread reads the environment: a socket passed by systemd.
         let activatedDescriptor = SocketActivation.listenFD()
         let loaded = try GatewayConfiguration.load(path: configPath)
         let configuration = loaded.configuration
@@ -43,19 +46,15 @@ public enum Daemon {
         }
 
         let transport = try CurlTransport(
-            configuration: .init(
-                connectTimeout: configuration.upstream.connectTimeout,
-                requestTimeout: configuration.upstream.requestTimeout,
-                maxConcurrency: configuration.upstream.maxConcurrency,
-                caFile: configuration.upstream.caFile,
-                proxy: configuration.upstream.proxy),
-            logger: Logger(label: "mdegate.transport"))
-        defer { transport.shutdown() }
+            configuration: .init(configuration.upstream), logger: Logger(label: "mdegate.transport"))
+        let running = ConfigReloader.Running(configuration: configuration, transport: transport)
+        defer { running.transport.shutdown() }
+        let store = try SQLiteStore(path: configuration.state.path, logger: Logger(label: "mdegate.store"))
 
         let group = MultiThreadedEventLoopGroup.singleton
         let gateway = Gateway(
             settings: Gateway.Settings(configuration),
-            store: InMemoryStore(),
+            store: store,
             upstream: UpstreamClient(transport: transport, baseURL: configuration.upstream.baseURL),
             tokens: TokenFileProvider(path: tokenPath),
             eventLoop: group.any(),
@@ -82,6 +81,11 @@ public enum Daemon {
         if notifier.isEnabled {
             serviceList.append(.init(service: SystemdHeartbeat(notifier: notifier, gateway: gateway)))
         }
+        serviceList.append(
+            .init(
+                service: ConfigReloader(
+                    signals: reloadSignals, configPath: configPath, gateway: gateway, notifier: notifier,
+                    logger: logger, running: running)))
         serviceList.append(.init(service: server))
         var serviceConfiguration = ServiceGroupConfiguration(
             services: serviceList,
@@ -92,6 +96,7 @@ public enum Daemon {
         serviceConfiguration.maximumCancellationDuration = .seconds(2)
         let services = ServiceGroup(configuration: serviceConfiguration)
         try await services.run()
+        try? await store.close()
         logger.notice("mdegate stopped")
     }
 }

@@ -53,7 +53,7 @@ public actor Gateway {
     private var nextWaiterID = 0
     private let store: any GatewayStore
     private var upstream: UpstreamClient
-    private let tokens: TokenFileProvider
+    private var tokens: TokenFileProvider
     private let logger: Logger
     private let eventLoop: any EventLoop
     private let now: @Sendable () -> Timestamp
@@ -131,6 +131,21 @@ public actor Gateway {
                     failures: attempts))
         }
         if !order.isEmpty { logger.notice("restored unfinished requests", metadata: ["jobs": "\(order.count)"]) }
+    }
+
+    /// Applies reloaded settings and a new upstream (transport, base URL); the queue, the
+    /// ledger's attempts and a pause are kept. Attempts in flight finish on the old transport.
+    public func reconfigure(settings: Settings, upstream: UpstreamClient, tokens: TokenFileProvider) {
+        self.settings = settings
+        self.upstream = upstream
+        self.tokens = tokens
+        scheduler.reconfigure(
+            limits: settings.limits, guardBand: settings.guardBand, retryPolicy: settings.retryPolicy,
+            maxConcurrency: settings.maxConcurrency, maxPending: settings.maxPending)
+        logger.notice(
+            "configuration reloaded",
+            metadata: ["limits": "\(settings.limits.map(\.spec).joined(separator: " + "))", "upstream": "\(upstream.baseURL)"])
+        pump()
     }
 
     // MARK: Requests

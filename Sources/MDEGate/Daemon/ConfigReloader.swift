@@ -1,0 +1,96 @@
+import Logging
+import MDEGateConfig
+import MDEGateTransport
+import ServiceLifecycle
+import UnixSignals
+
+/// Reloads the configuration on SIGHUP (`systemctl reload mdegate`), keeping queue and ledger.
+///
+/// A new file is checked in full before anything changes: an invalid one is refused, logged with
+/// the keys that are wrong, and the running configuration stays. Limits, guard, retries, queue
+/// bound, upstream (a new transport) and auth apply at once; `socket.*` and `state.path` keep
+/// their values until a restart, and the log says so.
+struct ConfigReloader: Service {
+    /// Created before anything else runs: a SIGHUP that arrives before the handler exists would
+    /// end the process (the signal's default action).
+    let signals: UnixSignalsSequence
+    let configPath: String
+    let gateway: Gateway
+    let notifier: SystemdNotifier
+    let logger: Logger
+    let running: Running
+
+    /// What the reloader replaced last: the configuration in force and its transport, whose
+    /// owner (the daemon) shuts it down at exit.
+    final class Running: Sendable {
+        let state: LockedState<(configuration: GatewayConfiguration, transport: CurlTransport)>
+        init(configuration: GatewayConfiguration, transport: CurlTransport) {
+            state = LockedState((configuration, transport))
+        }
+        var transport: CurlTransport { state.withLock { $0.transport } }
+    }
+
+    func run() async throws {
+        for await _ in signals.cancelOnGracefulShutdown() {
+            await notifier.reloading(status: { await gateway.status().systemdStatus }) {
+                await reload()
+            }
+        }
+    }
+
+    private func reload() async {
+        logger.notice("SIGHUP: reloading the configuration", metadata: ["config": "\(configPath)"])
+        let loaded: LoadedConfiguration
+        do {
+            loaded = try GatewayConfiguration.load(path: configPath)
+        } catch {
+            logger.error(
+                "the new configuration is invalid and was refused; the running one stays",
+                metadata: ["config": "\(configPath)", "problems": "\(error)"])
+            return
+        }
+        for warning in loaded.warnings {
+            logger.warning("configuration: \(warning)", metadata: ["config": "\(configPath)"])
+        }
+        guard case .tokenFile(let tokenPath) = loaded.configuration.auth.method else {
+            logger.error(
+                "the new configuration was refused: auth: OAuth2 client credentials are not supported by this version yet; the running configuration stays")
+            return
+        }
+        let old = running.state.withLock { $0.configuration }
+        let (configuration, needsRestart) = old.applyingReload(loaded.configuration)
+        for key in needsRestart {
+            logger.warning("\(key.rawValue) changed; it keeps its old value until a restart")
+        }
+        let transport: CurlTransport
+        do {
+            transport = try CurlTransport(configuration: .init(configuration.upstream), logger: Logger(label: "mdegate.transport"))
+        } catch {
+            logger.error(
+                "the new upstream settings were refused; the running configuration stays",
+                metadata: ["problem": "\(error)"])
+            return
+        }
+        await gateway.reconfigure(
+            settings: Gateway.Settings(configuration),
+            upstream: UpstreamClient(transport: transport, baseURL: configuration.upstream.baseURL),
+            tokens: TokenFileProvider(path: tokenPath))
+        // Attempts still in flight on the old transport hold their own reference to it; its
+        // thread ends once they are done and it is released.
+        running.state.withLock { $0 = (configuration, transport) }
+        if configuration.log.level != old.log.level {
+            logger.warning("log.level changed; it takes effect at the next restart")
+        }
+    }
+}
+
+extension CurlTransport.Configuration {
+    init(_ upstream: GatewayConfiguration.Upstream) {
+        self.init(
+            connectTimeout: upstream.connectTimeout,
+            requestTimeout: upstream.requestTimeout,
+            maxConcurrency: upstream.maxConcurrency,
+            caFile: upstream.caFile,
+            proxy: upstream.proxy)
+    }
+}
