@@ -15,6 +15,16 @@ public struct RequestRecord: Sendable, Equatable {
         public var uid: UInt32
         public var pid: Int32
         public var name: String?
+
+        enum CodingKeys: String, CodingKey { case uid, pid, name }
+
+        /// Writes `name` as null when absent, so every record has the same shape.
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(uid, forKey: .uid)
+            try container.encode(pid, forKey: .pid)
+            try container.encode(name, forKey: .name)
+        }
     }
 
     /// The upstream's final answer, as it came.
