@@ -35,7 +35,7 @@ public protocol GatewayStore: Sendable {
     func load() async throws -> StoredState
 }
 
-/// Keeps state in memory only: a restart starts empty. For tests and until the durable store.
+/// Keeps state in memory only: a restart starts empty. For tests; `serve` uses `SQLiteStore`.
 public actor InMemoryStore: GatewayStore {
     private var records: [RequestID: RequestRecord] = [:]
     private var attempts: [Timestamp] = []
