@@ -71,6 +71,18 @@ public struct Ledger: Sendable {
         forget(before: time)
     }
 
+    /// Moves an attempt recorded at `recorded` to the later instant it actually left at.
+    ///
+    /// An attempt is recorded when its slot is taken, then stored durably, then sent; if storing
+    /// took longer than the guard band, the upstream would see it that much later than the ledger
+    /// does, and the slot it frees one window on would open too early. Moving it later only ever
+    /// delays later attempts; it never lowers a count.
+    public mutating func restamp(_ recorded: Timestamp, to departed: Timestamp) {
+        guard departed > recorded, let index = attempts.lastIndex(of: recorded) else { return }
+        attempts.remove(at: index)
+        record(at: departed)
+    }
+
     /// How many attempts count against `limit` at `now`.
     public func used(_ limit: Limit, at now: Timestamp) -> Int {
         attempts.count - indexOfFirstAttempt(after: now - (limit.window + guardBand))

@@ -217,6 +217,12 @@ public struct Scheduler: Sendable {
             attempt: job.attempts)
     }
 
+    /// Tells the ledger that the attempt dispatched at `dispatched` left only at `departed`
+    /// (after it was stored); see `Ledger.restamp`.
+    public mutating func attemptDeparted(dispatchedAt dispatched: Timestamp, at departed: Timestamp) {
+        ledger.restamp(dispatched, to: departed)
+    }
+
     /// When `nextDispatch` may next return an attempt, if nothing else happens first; nil when
     /// only a finishing attempt or a new request can change anything. Never earlier than `now`.
     public func nextWakeup(after now: Timestamp) -> Timestamp? {

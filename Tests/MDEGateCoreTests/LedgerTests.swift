@@ -90,3 +90,20 @@ struct LedgerTests {
         #expect(Limit(spec: spec) == nil)
     }
 }
+
+@Suite("Ledger: attempts that leave late")
+struct LedgerRestampTests {
+    @Test("an attempt stored slowly counts from when it left, so the slot it frees opens later")
+    func restampDelaysTheNextSlot() {
+        var ledger = Ledger(limits: [Limit(calls: 1, window: .seconds(1))], guardBand: .milliseconds(30))
+        let taken = ledger.recordIfAllowed(at: at(0))
+        #expect(taken)
+        ledger.restamp(at(0), to: at(0.05))
+        #expect(ledger.earliestSlot(notBefore: at(0.5)) == at(1.08))
+        #expect(ledger.used(Limit(calls: 1, window: .seconds(1)), at: at(1.05)) == 1)
+        // Never earlier, and unknown attempts are left alone.
+        ledger.restamp(at(0.05), to: at(0.01))
+        ledger.restamp(at(7), to: at(8))
+        #expect(Array(ledger.attempts) == [at(0.05)])
+    }
+}

@@ -300,9 +300,16 @@ public actor Gateway {
             } catch {
                 self.logger.error("could not store an attempt; sending anyway", metadata: ["error": "\(error)"])
             }
+            self.departs(dispatchedAt: time)
             let result = await upstream.cancel(machineActionID: dispatch.machineActionID, comment: comment, token: token)
             await self.finish(dispatch, result: result)
         }
+    }
+
+    /// The attempt leaves now, a little after its slot was taken (storing it took time): the
+    /// ledger must count it from when the upstream can see it.
+    private func departs(dispatchedAt time: Timestamp) {
+        scheduler.attemptDeparted(dispatchedAt: time, at: now())
     }
 
     private func finish(_ dispatch: Scheduler.Dispatch, result: Result<HTTPResponse, TransportError>) async {
