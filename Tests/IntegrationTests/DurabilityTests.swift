@@ -53,6 +53,64 @@ struct DurabilityTests {
         }
     }
 
+    @Test("SIGKILL three times under a saturating load: every accepted request completes, the strict upstream sees no violation, only sends cut short are seen twice")
+    func crashesUnderLoad() async throws {
+        var options = GatewayOptions()
+        options.limits = ["5/1s", "12/4s"]
+        let kills = 3
+        try await withRig(
+            simulator: ["--limit", "5/1s", "--limit", "12/4s", "--retry-after", "1", "--delay", "100ms"],
+            gateway: options, alone: true
+        ) { rig in
+            var requests: [(machineAction: String, rid: String)] = []
+            for _ in 0..<30 {
+                let id = machineActionID()
+                let accepted = try await rig.client.cancel(id, prefer: "respond-async")
+                #expect(accepted.status == 202, "\(accepted.summary)")
+                requests.append((id, try #require(try accepted.json()["id"]?.string)))
+            }
+            let simulator = rig.simulator
+            var seen = 0
+            var gateway = rig.gateway
+            var restarted: [GatewayProcess] = []
+            func stopRestarted() async { for process in restarted { await process.stop() } }
+            do {
+                for _ in 0..<kills {
+                    // Kill once the upstream has seen more, i.e. in the middle of sending.
+                    let before = seen
+                    seen = try await eventually("more attempts to reach the upstream", { try await simulator.stats() }) {
+                        $0.arrivals >= before + 3
+                    }.arrivals
+                    try await gateway.crash()
+                    gateway = try await GatewayProcess(directory: rig.directory, options: options, upstream: rig.simulator)
+                    restarted.append(gateway)
+                }
+
+                for request in requests {
+                    let record = try await gateway.client.finishedRecord(request.rid, timeout: .seconds(60))
+                    #expect(record["state"]?.string == "done", "\(record)")
+                }
+                let stats = try await simulator.stats()
+                #expect(stats.violations == 0, "\(stats)")
+                #expect(stats.answered(429) == 0, "\(stats)")
+                // A send cut short by a kill is sent again after the restart (its attempt already
+                // counted), and may be cut short again by the next kill: at most once more per kill,
+                // and per kill at most the in-flight cap of repeats in all.
+                for request in requests {
+                    #expect((1...(1 + kills)).contains(stats.arrivals(for: request.machineAction)), "\(request.machineAction): \(stats)")
+                }
+                let repeats = stats.arrivals - requests.count
+                #expect(repeats <= kills * options.maxConcurrency, "\(repeats) repeated sends: \(stats)")
+                let used = try await gateway.client.status()
+                #expect(used["limits"]?[1]?["used"]?.int ?? 0 <= 12, "\(used)")
+            } catch {
+                await stopRestarted()
+                throw error
+            }
+            await stopRestarted()
+        }
+    }
+
     @Test("a 429 pause survives kill -9 and a restart")
     func pauseSurvivesRestart() async throws {
         try await withRig { rig in
