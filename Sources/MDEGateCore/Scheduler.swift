@@ -127,9 +127,6 @@ public struct Scheduler: Sendable {
     /// Requests not finished yet (queued, backing off, or being sent), coalesced ones included.
     public private(set) var pendingRequests = 0
 
-    /// Jobs waiting in client queues (not backing off, not being sent).
-    public var queuedJobs: Int { queues.values.reduce(0) { $0 + $1.count } }
-
     // MARK: Submitting and withdrawing
 
     /// Admits a request for `machineActionID`, joining an unfinished job for the same id if any.
