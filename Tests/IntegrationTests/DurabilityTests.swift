@@ -150,6 +150,26 @@ struct DurabilityTests {
         }
     }
 
+    @Test("SIGHUP changes the log level at once")
+    func reloadLogLevel() async throws {
+        var options = GatewayOptions()
+        options.logLevel = "info"
+        try await withRig(gateway: options) { rig in
+            let quiet = try await rig.client.cancel(machineActionID())
+            #expect(quiet.status == 200, "\(quiet.summary)")
+            #expect(!rig.gateway.process.lines(.stderr).contains { $0.contains("request admitted") })
+
+            options.logLevel = "debug"
+            try rig.directory.write(options.yaml(directory: rig.directory, upstream: rig.simulator.baseURL), to: "config.yaml")
+            rig.gateway.process.send(SIGHUP)
+            try await rig.gateway.process.waitForLine(containing: "log.level is now debug", in: [.stderr], timeout: .seconds(30))
+            let loud = try await rig.client.cancel(machineActionID())
+            #expect(loud.status == 200, "\(loud.summary)")
+            let line = try await rig.gateway.process.waitForLine(containing: "request admitted", in: [.stderr], timeout: .seconds(30))
+            #expect(line.contains(loud.requestID ?? "?"), "\(line)")
+        }
+    }
+
     @Test("SIGHUP with an invalid file names the key, keeps the old configuration and keeps serving")
     func reloadRefused() async throws {
         try await withRig { rig in

@@ -8,7 +8,7 @@ import UnixSignals
 ///
 /// A new file is checked in full before anything changes: an invalid one is refused, logged with
 /// the keys that are wrong, and the running configuration stays. Limits, guard, retries, queue
-/// bound, upstream (a new transport) and auth apply at once; `socket.*` and `state.path` keep
+/// bound, upstream (a new transport), auth and log level apply at once; `socket.*` and `state.path` keep
 /// their values until a restart, and the log says so.
 struct ConfigReloader: Service {
     /// Created before anything else runs: a SIGHUP that arrives before the handler exists would
@@ -19,6 +19,7 @@ struct ConfigReloader: Service {
     let notifier: SystemdNotifier
     let logger: Logger
     let running: Running
+    let logLevel: LogLevelSwitch
 
     /// What the reloader replaced last: the configuration in force and its transport, whose
     /// owner (the daemon) shuts it down at exit.
@@ -79,7 +80,8 @@ struct ConfigReloader: Service {
         // thread ends once they are done and it is released.
         running.state.withLock { $0 = (configuration, transport) }
         if configuration.log.level != old.log.level {
-            logger.warning("log.level changed; it takes effect at the next restart")
+            logLevel.level = configuration.log.level
+            logger.notice("log.level is now \(configuration.log.level.rawValue)")
         }
     }
 }

@@ -18,11 +18,8 @@ public enum Daemon {
         let activatedDescriptor = SocketActivation.listenFD()
         let loaded = try GatewayConfiguration.load(path: configPath)
         let configuration = loaded.configuration
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = configuration.log.level
-            return handler
-        }
+        let logLevel = LogLevelSwitch(configuration.log.level)
+        LoggingSystem.bootstrap(logLevel.standardErrorHandler)
         let logger = Logger(label: "mdegate")
         for warning in loaded.warnings {
             logger.warning("configuration: \(warning)", metadata: ["config": "\(configPath)"])
@@ -85,7 +82,7 @@ public enum Daemon {
             .init(
                 service: ConfigReloader(
                     signals: reloadSignals, configPath: configPath, gateway: gateway, notifier: notifier,
-                    logger: logger, running: running)))
+                    logger: logger, running: running, logLevel: logLevel)))
         serviceList.append(.init(service: server))
         var serviceConfiguration = ServiceGroupConfiguration(
             services: serviceList,
