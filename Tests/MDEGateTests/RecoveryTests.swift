@@ -63,3 +63,65 @@ struct RecoveryTests {
         #expect(joined.joined == "r1")
     }
 }
+
+/// A store that refuses writes while `failing` is set, and otherwise writes to memory.
+actor FlakyStore: GatewayStore {
+    let inner = InMemoryStore()
+    var failing = false
+
+    func setFailing(_ value: Bool) { failing = value }
+
+    func apply(_ changes: [StoreChange]) async throws {
+        if failing { throw StoreError(path: "flaky", "refused for the test") }
+        try await inner.apply(changes)
+    }
+
+    func load() async throws -> StoredState { try await inner.load() }
+}
+
+@Suite("Writes that fail")
+struct FailedWriteTests {
+    @Test("a change whose write failed is written with the next batch, in its newest state, and a failed admission is refused")
+    func failedWritesAreWrittenLater() async throws {
+        let store = FlakyStore()
+        // The hourly call is spent, so nothing is sent while the test looks at the store.
+        try await store.apply([.attempt(Gateway.wallClock())])
+        let transport = try CurlTransport(configuration: .init(connectTimeout: .milliseconds(200)))
+        defer { transport.shutdown() }
+        let gateway = Gateway(
+            settings: .init(
+                limits: [Limit(calls: 1, window: .seconds(3600))], guardBand: .zero,
+                retryPolicy: RetryPolicy(maxAttempts: 4, initialBackoff: .seconds(1), maxBackoff: .seconds(1)),
+                maxConcurrency: 1, maxPending: 10),
+            store: store, upstream: UpstreamClient(transport: transport, baseURL: "http://127.0.0.1:9"),
+            tokens: TokenFileProvider(path: "/nonexistent"), eventLoop: MultiThreadedEventLoopGroup.singleton.any(),
+            logger: Logger(label: "test"))
+        try await gateway.start()
+        let client = RequestRecord.Client(uid: 1000, pid: 42, name: nil)
+        guard case .accepted(let first) = try await gateway.submit(
+            machineActionID: "988cc94e-7a8f-4b28-ab65-000000000001", comment: "a", client: client)
+        else {
+            Issue.record("the first request was not accepted")
+            return
+        }
+
+        await store.setFailing(true)
+        await #expect(throws: StoreError.self) { try await gateway.withdraw(first.id) }
+        await #expect(throws: StoreError.self) {
+            try await gateway.submit(machineActionID: "988cc94e-7a8f-4b28-ab65-000000000002", comment: "b", client: client)
+        }
+        #expect(await gateway.status().queue.depth == 0, "the refused admission is not queued")
+        #expect(try await store.load().records.map(\.state) == [.queued], "nothing was written while failing")
+
+        await store.setFailing(false)
+        guard case .accepted(let third) = try await gateway.submit(
+            machineActionID: "988cc94e-7a8f-4b28-ab65-000000000003", comment: "c", client: client)
+        else {
+            Issue.record("the third request was not accepted")
+            return
+        }
+        let stored = try await store.load().records
+        #expect(stored.map(\.id) == [first.id, third.id], "the refused admission never reaches the store")
+        #expect(stored.first?.state == .withdrawn, "the withdrawal was written with the next batch")
+    }
+}

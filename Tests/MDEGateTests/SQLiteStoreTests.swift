@@ -158,6 +158,23 @@ struct SQLiteStoreTests {
         #expect(try await behind.load().attempts == [t - .seconds(3600)])
     }
 
+    @Test("a departure moves one attempt at the recorded time to the later departure, in both stores")
+    func departure() async throws {
+        let t = Self.now
+        let scratch = Scratch()
+        let sqlite = try scratch.open()
+        for store in [sqlite, InMemoryStore()] as [any GatewayStore] {
+            // Two attempts share a time (one dispatch round); only one of them is moved.
+            try await store.apply([.attempt(t - .seconds(2)), .attempt(t), .attempt(t)])
+            try await store.apply([.departure(recorded: t, departed: t + .milliseconds(40))])
+            // A departure of a time that was never stored changes nothing.
+            try await store.apply([.departure(recorded: t - .seconds(9), departed: t + .seconds(1))])
+            #expect(try await store.load().attempts == [t - .seconds(2), t, t + .milliseconds(40)], "\(type(of: store))")
+        }
+        try await sqlite.close()
+        #expect(try await scratch.open().load().attempts == [t - .seconds(2), t, t + .milliseconds(40)])
+    }
+
     @Test("pruning deletes records finished before the horizon and keeps the rest and every attempt")
     func pruneFinished() async throws {
         let scratch = Scratch()

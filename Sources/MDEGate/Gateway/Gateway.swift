@@ -62,6 +62,8 @@ public actor Gateway {
     private var lastPurge = Timestamp.zero
     private var lastUpstreamStatus: Int?
     private var lastUpstreamError: String?
+    /// What a failed write left out of the store, written again ahead of the next batch.
+    private var unsaved = UnsavedChanges()
 
     public init(
         settings: Settings,
@@ -167,7 +169,7 @@ public actor Gateway {
             joined: joined, createdAt: now(), completedAt: nil, response: nil, lastError: nil)
         records[id] = record
         do {
-            try await store.apply([.record(record)])
+            try await persist([.record(record)])
         } catch {
             _ = scheduler.withdraw(id)
             records[id] = nil
@@ -223,7 +225,8 @@ public actor Gateway {
             record.state = .withdrawn
             record.completedAt = now()
             records[id] = record
-            try await store.apply([.record(record)])
+            // A failed write is kept and written again with the next change; the caller hears of it.
+            try await persist([.record(record)])
             logger.info("request withdrawn", metadata: ["request": "\(id)"])
             resumeWaiters(of: id)
             pump()
@@ -292,13 +295,16 @@ public actor Gateway {
                 "attempt": "\(dispatch.attempt)",
             ])
         let upstream = self.upstream
-        let store = self.store
         Task {
-            // The ledger entry is stored before the call leaves, so a crash never forgets it.
+            // The ledger entry is stored before the call leaves, so a crash never forgets it. If
+            // it cannot be stored, the call does not leave: its slot stays spent (the attempt is
+            // written later), and the request is retried like one that got no answer.
             do {
-                try await store.apply(changes)
+                try await self.persist(changes)
             } catch {
-                self.logger.error("could not store an attempt; sending anyway", metadata: ["error": "\(error)"])
+                self.logger.error("could not store an attempt; not sending it", metadata: ["error": "\(error)"])
+                await self.finish(dispatch, result: .failure(TransportError(kind: .other, message: "not sent: the attempt could not be stored")))
+                return
             }
             self.departs(dispatchedAt: time)
             let result = await upstream.cancel(machineActionID: dispatch.machineActionID, comment: comment, token: token)
@@ -307,9 +313,14 @@ public actor Gateway {
     }
 
     /// The attempt leaves now, a little after its slot was taken (storing it took time): the
-    /// ledger must count it from when the upstream can see it.
+    /// ledger, in memory and then in the store, counts it from when the upstream can see it.
     private func departs(dispatchedAt time: Timestamp) {
-        scheduler.attemptDeparted(dispatchedAt: time, at: now())
+        let departed = now()
+        scheduler.attemptDeparted(dispatchedAt: time, at: departed)
+        guard departed > time else { return }
+        // Not awaited: the call leaves now. Until this commits, a crash recovers the attempt up
+        // to one commit early, which the guard band covers.
+        Task { try? await self.persist([.departure(recorded: time, departed: departed)]) }
     }
 
     private func finish(_ dispatch: Scheduler.Dispatch, result: Result<HTTPResponse, TransportError>) async {
@@ -366,9 +377,9 @@ public actor Gateway {
             changes += requeue(members, lastError: nil)
         }
         do {
-            try await store.apply(changes)
+            try await persist(changes)
         } catch {
-            logger.error("could not store an outcome", metadata: ["error": "\(error)"])
+            logger.error("could not store an outcome; it is written again with the next change", metadata: ["error": "\(error)"])
         }
         if case .finished(let finishedMembers, _) = resolution {
             for member in finishedMembers { resumeWaiters(of: member) }
@@ -425,7 +436,50 @@ public actor Gateway {
         let expired = records.values.filter { ($0.completedAt ?? time) < horizon }.map(\.id)
         guard !expired.isEmpty else { return }
         for id in expired { records[id] = nil }
-        let store = self.store
-        Task { try? await store.apply(expired.map { .forget($0) }) }
+        Task { try? await self.persist(expired.map { .forget($0) }) }
+    }
+
+    // MARK: Storing
+
+    /// Writes `changes`, preceded by whatever an earlier failed write left out. On failure the
+    /// whole batch is remembered: records by id (so the newest state is written, never an old
+    /// one over a newer), attempts and departures as they are, the pause as a flag.
+    private func persist(_ changes: [StoreChange]) async throws {
+        let batch = unsaved.isEmpty ? changes : unsaved.takeChanges(records: records, pausedUntil: scheduler.pausedUntil) + changes
+        do {
+            try await store.apply(batch)
+        } catch {
+            unsaved.remember(batch)
+            throw error
+        }
+    }
+}
+
+/// Changes a failed write did not store.
+struct UnsavedChanges {
+    private var attempts: [StoreChange] = []
+    private var records: Set<RequestID> = []
+    private var pause = false
+
+    var isEmpty: Bool { attempts.isEmpty && records.isEmpty && !pause }
+
+    mutating func remember(_ changes: [StoreChange]) {
+        for change in changes {
+            switch change {
+            case .attempt, .departure: attempts.append(change)
+            case .record(let record): records.insert(record.id)
+            case .forget(let id): records.insert(id)
+            case .pause: pause = true
+            }
+        }
+    }
+
+    /// The changes that bring the store up to date with the gateway's state now, and forgets them.
+    mutating func takeChanges(records current: [RequestID: RequestRecord], pausedUntil: Timestamp?) -> [StoreChange] {
+        var changes = attempts
+        for id in records { changes.append(current[id].map(StoreChange.record) ?? .forget(id)) }
+        if pause { changes.append(.pause(until: pausedUntil)) }
+        self = UnsavedChanges()
+        return changes
     }
 }

@@ -6,6 +6,9 @@ public enum StoreChange: Sendable {
     case record(RequestRecord)
     /// An upstream attempt started at this instant (wall clock). Stored before it is sent.
     case attempt(Timestamp)
+    /// The attempt stored at `recorded` left later, at `departed` (storing it took that long):
+    /// the ledger counts it from its departure, so the slot it frees does not open early.
+    case departure(recorded: Timestamp, departed: Timestamp)
     /// The pause after an upstream 429, or nil once it is over.
     case pause(until: Timestamp?)
     /// A finished record past its retention.
@@ -47,7 +50,12 @@ public actor InMemoryStore: GatewayStore {
         for change in changes {
             switch change {
             case .record(let record): records[record.id] = record
-            case .attempt(let time): attempts.append(time)
+            case .attempt(let time): insert(time)
+            case .departure(let recorded, let departed):
+                if let index = attempts.firstIndex(of: recorded) {
+                    attempts.remove(at: index)
+                    insert(departed)
+                }
             case .pause(let until): pausedUntil = until
             case .forget(let id): records[id] = nil
             }
@@ -59,6 +67,11 @@ public actor InMemoryStore: GatewayStore {
             let old = attempts.prefix { $0 < horizon }.count
             attempts.removeFirst(old)
         }
+    }
+
+    private func insert(_ time: Timestamp) {
+        let index = attempts.lastIndex { $0 <= time }.map { $0 + 1 } ?? 0
+        attempts.insert(time, at: index)
     }
 
     public func load() async throws -> StoredState {

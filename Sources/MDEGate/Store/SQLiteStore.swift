@@ -248,6 +248,11 @@ extension SQLiteStore {
                 let ns = time.nanosecondsSinceEpoch
                 try db.cachedStatement(sql: "INSERT INTO attempts (time_ns) VALUES (?)").execute(arguments: [ns])
                 newestAttempt = max(newestAttempt ?? ns, ns)
+            case .departure(let recorded, let departed):
+                // Equal times are interchangeable: moving any one of them is the same ledger.
+                try db.cachedStatement(
+                    sql: "UPDATE attempts SET time_ns = ? WHERE rowid = (SELECT rowid FROM attempts WHERE time_ns = ? LIMIT 1)"
+                ).execute(arguments: [departed.nanosecondsSinceEpoch, recorded.nanosecondsSinceEpoch])
             case .pause(let until):
                 try db.cachedStatement(sql: "UPDATE pause SET until_ns = ? WHERE id = 1")
                     .execute(arguments: [until?.nanosecondsSinceEpoch])
