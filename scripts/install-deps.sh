@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages mdegate builds against, if any is missing:
 # libcurl (the upstream transport), SQLite (the state store), pkg-config (how SwiftPM finds them)
-# and the curl command (the quick start uses it to talk to the socket).
+# the curl command (the quick start uses it to talk to the socket) and the openssl command (the
+# tests make a CA, server and client certificates with it).
 set -euo pipefail
 
-packages=(libcurl4-openssl-dev libsqlite3-dev pkg-config curl)
+packages=(libcurl4-openssl-dev libsqlite3-dev pkg-config curl openssl)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
