@@ -104,35 +104,43 @@ public actor Gateway {
             maxConcurrency: settings.maxConcurrency,
             maxPending: settings.maxPending,
             pausedUntil: state.pausedUntil)
-        for record in state.records { records[record.id] = record }
-        restoreUnfinishedJobs(state.records)
+        restore(state.records)
         pump()
     }
 
-    /// Rebuilds the jobs of requests that were queued or being sent, in their original order.
-    /// A request that was being sent is queued again; its attempt already counts in the ledger.
-    private func restoreUnfinishedJobs(_ stored: [RequestRecord]) {
-        let unfinished = stored.filter { !$0.state.isFinal }.sorted { $0.createdAt < $1.createdAt }
-        var members: [RequestID: [RequestRecord]] = [:]
-        var order: [RequestID] = []
-        for record in unfinished {
-            let jobID = record.joined ?? record.id
-            if members[jobID] == nil { order.append(jobID) }
-            members[jobID, default: []].append(record)
-            records[record.id]?.state = .queued
+    /// Takes back the stored records, and rebuilds the jobs of requests that were queued or being
+    /// sent, in their original order (the store returns records oldest first). A request that
+    /// was being sent is queued again; its attempt already counts in the ledger.
+    private func restore(_ stored: [RequestRecord]) {
+        records.reserveCapacity(stored.count)
+        // One entry per job, in the order of its first stored request; coalesced requests join
+        // the job they joined (its id is the request that created it).
+        var groups: [(first: RequestRecord, members: [RequestID], attempts: Int)] = []
+        var place: [RequestID: Int] = [:]
+        for var record in stored {
+            if !record.state.isFinal {
+                record.state = .queued
+                let jobID = record.joined ?? record.id
+                if let index = place[jobID] {
+                    groups[index].members.append(record.id)
+                    groups[index].attempts = max(groups[index].attempts, record.attempts)
+                } else {
+                    place[jobID] = groups.count
+                    groups.append((record, [record.id], record.attempts))
+                }
+            }
+            records[record.id] = record
         }
-        for jobID in order {
-            let group = members[jobID]!
-            let attempts = group.map(\.attempts).max() ?? 0
-            scheduler.restore(
+        scheduler.restore(
+            groups.map { group in
                 Scheduler.Job(
-                    id: jobID, machineActionID: group[0].machineActionID, client: group[0].clientID,
-                    members: group.map(\.id), attempts: attempts,
+                    id: group.first.joined ?? group.first.id, machineActionID: group.first.machineActionID,
+                    client: group.first.clientID, members: group.members, attempts: group.attempts,
                     // Failures are not stored apart from throttled attempts: count every attempt as
                     // one, which can only shorten the retries left, never add upstream calls.
-                    failures: attempts))
-        }
-        if !order.isEmpty { logger.notice("restored unfinished requests", metadata: ["jobs": "\(order.count)"]) }
+                    failures: group.attempts)
+            })
+        if !groups.isEmpty { logger.notice("restored unfinished requests", metadata: ["jobs": "\(groups.count)"]) }
     }
 
     /// Applies reloaded settings and a new upstream (transport, base URL); the queue, the

@@ -17,6 +17,7 @@ public enum StoreChange: Sendable {
 
 /// What the gateway reloads at start-up.
 public struct StoredState: Sendable {
+    /// Oldest first (by `createdAt`, ties in the order first stored): the queue's order.
     public var records: [RequestRecord]
     public var attempts: [Timestamp]
     public var pausedUntil: Timestamp?
