@@ -21,6 +21,15 @@ struct ValidationTests {
         #expect(isGUID(id) == valid)
     }
 
+    @Test("header names match case-insensitively, letters only", arguments: [
+        ("Prefer", "prefer", true), ("MDEGATE-CLIENT", "Mdegate-Client", true), ("Prefer", "Prefe", false),
+        ("Prefer", "Prefer ", false), ("a-b", "a\rb", false), ("[", "{", false), ("@", "`", false), ("x1", "X1", true),
+    ])
+    func headerNames(a: String, b: String, equal: Bool) {
+        #expect(asciiCaseInsensitiveEqual(a, b) == equal)
+        #expect(asciiCaseInsensitiveEqual(b, a) == equal)
+    }
+
     @Test("the body must be a JSON object with a string Comment of at most 1,000 characters")
     func comments() throws {
         #expect(try parseComment(Array(#"{"Comment":"isolated by mistake"}"#.utf8)).get() == "isolated by mistake")

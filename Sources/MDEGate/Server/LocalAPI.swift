@@ -13,7 +13,15 @@ public struct LocalRequest: Sendable {
     public var peer: PeerCredentials
 
     public func header(_ name: String) -> String? {
-        headers.first { $0.name.caseInsensitiveCompare(name) == .orderedSame }?.value
+        headers.first { asciiCaseInsensitiveEqual($0.name, name) }?.value
+    }
+}
+
+/// Header names are ASCII tokens (RFC 9110): compared byte by byte, without Foundation's
+/// Unicode-aware comparison, which cost more than the rest of the header handling.
+func asciiCaseInsensitiveEqual(_ a: String, _ b: String) -> Bool {
+    a.utf8.count == b.utf8.count && zip(a.utf8, b.utf8).allSatisfy { x, y in
+        x == y || (x | 0x20 == y | 0x20 && (x | 0x20) >= UInt8(ascii: "a") && (x | 0x20) <= UInt8(ascii: "z"))
     }
 }
 
