@@ -1,6 +1,7 @@
 import NIOCore
 
-/// The faults the simulator injects into cancel answers, so a client can rehearse a bad day offline.
+/// The faults the simulator injects into cancel answers and token answers, so a client can rehearse
+/// a bad day offline.
 ///
 /// Set at start-up from the command line and changed at run time through `POST /_sim/faults`.
 /// Injected faults are not limit violations: they model an upstream that misbehaves on its own.
@@ -15,12 +16,38 @@ struct FaultPlan: Sendable, Equatable {
     /// The next `next429Count` cancel requests get 429 with `Retry-After: next429RetryAfter`.
     var next429Count = 0
     var next429RetryAfter = 1
+    /// The next `next429RetryAfterDateCount` cancel requests get 429 with `Retry-After` as an
+    /// HTTP-date (RFC 9110 allows either form) at least `next429RetryAfterDateSeconds` from now.
+    var next429RetryAfterDateCount = 0
+    var next429RetryAfterDateSeconds = 1
     /// The next `next429WithoutRetryAfter` cancel requests get 429 without a Retry-After header,
     /// which the upstream is not documented to do, but which a careful client must survive.
     var next429WithoutRetryAfter = 0
 
+    /// A login outage: every token request fails this way until it is set back to `.none`.
+    var tokenOutage = TokenOutage.none
+    /// Held before every token answer (outages included), so concurrent token requests overlap
+    /// and a test can see whether a client fetches one token at a time.
+    var tokenDelay: TimeAmount = .zero
+
+    /// How the token endpoint fails during a login outage; raw values are the `/_sim/faults` spelling.
+    enum TokenOutage: String, Sendable, Equatable, CaseIterable {
+        case none
+        /// 503 with the identity platform's error body.
+        case serviceUnavailable = "503"
+        /// Read the request, then close the connection without answering.
+        case drop
+    }
+
+    /// A 429's `Retry-After`, in either of the forms RFC 9110 allows.
+    enum RetryAfter: Sendable, Equatable {
+        case seconds(Int)
+        /// An IMF-fixdate this many seconds (rounded up to a whole second) after the answer.
+        case date(secondsFromNow: Int)
+    }
+
     enum Fault: Sendable, Equatable {
-        case tooManyRequests(retryAfter: Int?)
+        case tooManyRequests(retryAfter: RetryAfter?)
         case internalServerError
         case serviceUnavailable
         /// Read the request, then close the connection without answering.
@@ -35,7 +62,11 @@ struct FaultPlan: Sendable, Equatable {
         let draw = Double.random(in: 0..<1, using: &random)
         if self.next429Count > 0 {
             self.next429Count -= 1
-            return .tooManyRequests(retryAfter: self.next429RetryAfter)
+            return .tooManyRequests(retryAfter: .seconds(self.next429RetryAfter))
+        }
+        if self.next429RetryAfterDateCount > 0 {
+            self.next429RetryAfterDateCount -= 1
+            return .tooManyRequests(retryAfter: .date(secondsFromNow: self.next429RetryAfterDateSeconds))
         }
         if self.next429WithoutRetryAfter > 0 {
             self.next429WithoutRetryAfter -= 1
@@ -59,9 +90,13 @@ struct FaultPlan: Sendable, Equatable {
             return "fail500Rate + fail503Rate + dropRate must be at most 1"
         }
         if self.delay < .zero { return "delayMs must not be negative" }
+        if self.tokenDelay < .zero { return "tokenDelayMs must not be negative" }
         if self.failFirst < 0 { return "failFirst must not be negative" }
-        if self.next429Count < 0 || self.next429WithoutRetryAfter < 0 { return "429 counts must not be negative" }
+        if self.next429Count < 0 || self.next429WithoutRetryAfter < 0 || self.next429RetryAfterDateCount < 0 {
+            return "429 counts must not be negative"
+        }
         if self.next429RetryAfter < 0 { return "next429.retryAfter must not be negative" }
+        if self.next429RetryAfterDateSeconds < 0 { return "next429RetryAfterDate.retryAfter must not be negative" }
         return nil
     }
 }
@@ -80,11 +115,15 @@ extension FaultPlan {
         var delayMs: Double?
         var failFirst: Int?
         var next429: Next429?
+        var next429RetryAfterDate: Next429?
         var next429WithoutRetryAfter: Int?
+        /// "none", "503" or "drop".
+        var tokenOutage: String?
+        var tokenDelayMs: Double?
 
         static let fieldNames: Set<String> = [
             "fail500Rate", "fail503Rate", "dropRate", "delayMs", "failFirst", "next429",
-            "next429WithoutRetryAfter",
+            "next429RetryAfterDate", "next429WithoutRetryAfter", "tokenOutage", "tokenDelayMs",
         ]
     }
 
@@ -96,26 +135,48 @@ extension FaultPlan {
             delayMs: Double(self.delay.nanoseconds) / 1e6,
             failFirst: self.failFirst,
             next429: .init(count: self.next429Count, retryAfter: self.next429RetryAfter),
-            next429WithoutRetryAfter: self.next429WithoutRetryAfter
+            next429RetryAfterDate: .init(count: self.next429RetryAfterDateCount, retryAfter: self.next429RetryAfterDateSeconds),
+            next429WithoutRetryAfter: self.next429WithoutRetryAfter,
+            tokenOutage: self.tokenOutage.rawValue,
+            tokenDelayMs: Double(self.tokenDelay.nanoseconds) / 1e6
         )
     }
 
-    /// This plan with the fields present in `update` replaced; `next429` without a `retryAfter`
-    /// uses `defaultRetryAfter` (the `--retry-after` value).
-    func updated(with update: Settings, defaultRetryAfter: Int) -> FaultPlan {
+    /// This plan with the fields present in `update` replaced; `next429` and
+    /// `next429RetryAfterDate` without a `retryAfter` use `defaultRetryAfter` (the `--retry-after`
+    /// value). Throws for a `tokenOutage` it does not know.
+    func updated(with update: Settings, defaultRetryAfter: Int) throws(BodyError) -> FaultPlan {
         var plan = self
         if let rate = update.fail500Rate { plan.fail500Rate = rate }
         if let rate = update.fail503Rate { plan.fail503Rate = rate }
         if let rate = update.dropRate { plan.dropRate = rate }
-        if let delayMs = update.delayMs, delayMs.isFinite {
-            plan.delay = .nanoseconds(Int64((delayMs * 1e6).rounded()))
-        }
+        if let delayMs = update.delayMs { plan.delay = try Self.amount(milliseconds: delayMs, field: "delayMs") }
         if let failFirst = update.failFirst { plan.failFirst = failFirst }
         if let next429 = update.next429 {
             plan.next429Count = next429.count
             plan.next429RetryAfter = next429.retryAfter ?? defaultRetryAfter
         }
+        if let next429 = update.next429RetryAfterDate {
+            plan.next429RetryAfterDateCount = next429.count
+            plan.next429RetryAfterDateSeconds = next429.retryAfter ?? defaultRetryAfter
+        }
         if let count = update.next429WithoutRetryAfter { plan.next429WithoutRetryAfter = count }
+        if let outage = update.tokenOutage {
+            guard let parsed = TokenOutage(rawValue: outage) else {
+                let known = TokenOutage.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")
+                throw BodyError("tokenOutage must be one of \(known), got \"\(outage)\".")
+            }
+            plan.tokenOutage = parsed
+        }
+        if let delayMs = update.tokenDelayMs { plan.tokenDelay = try Self.amount(milliseconds: delayMs, field: "tokenDelayMs") }
         return plan
+    }
+
+    /// A delay from its JSON form; at most a day, so the conversion to nanoseconds cannot overflow.
+    private static func amount(milliseconds: Double, field: String) throws(BodyError) -> TimeAmount {
+        guard milliseconds.isFinite, milliseconds <= 86_400_000 else {
+            throw BodyError("\(field) must be a number of milliseconds up to 86400000 (a day), got \(milliseconds).")
+        }
+        return .nanoseconds(Int64((milliseconds * 1e6).rounded()))
     }
 }

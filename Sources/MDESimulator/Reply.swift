@@ -77,3 +77,20 @@ struct BodyError: Error, Sendable {
         self.message = message
     }
 }
+
+/// HTTP dates (RFC 9110 §5.6.7), for a `Retry-After` given as a date rather than in seconds.
+enum HTTPDate {
+    private static let weekdays = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+    private static let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+    /// The IMF-fixdate form, `Sun, 06 Nov 1994 08:49:37 GMT`: English names and GMT whatever the
+    /// process's locale, which is why it is not built with a date formatter.
+    static func imfFixdate(secondsSinceEpoch: Int64) -> String {
+        var seconds = time_t(secondsSinceEpoch)
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        return "\(Self.weekdays[Int(parts.tm_wday)]), \(two(parts.tm_mday)) \(Self.months[Int(parts.tm_mon)]) "
+            + "\(parts.tm_year + 1900) \(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)) GMT"
+    }
+}

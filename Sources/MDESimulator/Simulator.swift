@@ -10,6 +10,8 @@ struct SimulatorConfiguration: Sendable {
     var tenant: String
     var clientId: String
     var clientSecret: String
+    /// The app registration's certificates, for client assertions; empty: secrets only.
+    var clientCertificates: [RegisteredCertificate]
     var tokenLifetime: TimeAmount
     var limits: [Limit]
     /// Sent as `Retry-After` with limit violations.
@@ -17,6 +19,8 @@ struct SimulatorConfiguration: Sendable {
     var faults: FaultPlan
     var seed: UInt64
     var quiet: Bool
+    /// "https" when serving TLS: part of the token URL a client assertion's `aud` must name.
+    var scheme: String
 }
 
 /// One parsed HTTP request, as the simulator sees it.
@@ -36,11 +40,20 @@ struct Decision: Sendable {
         case drop
     }
 
+    /// The requests whose answers are counted when they go out.
+    enum Counted: Sendable {
+        case none
+        /// In `answered`, `dropped`, `inFlight` and `maxInFlight`.
+        case cancel
+        /// In `tokenEndpoint.inFlight` and `tokenEndpoint.maxInFlight`.
+        case token
+    }
+
     var action: Action
-    /// How long to hold the answer (the `--delay` fault), without blocking the event loop.
+    /// How long to hold the answer (the `--delay` and `tokenDelayMs` faults), without blocking
+    /// the event loop.
     var delay: TimeAmount = .zero
-    /// Cancel requests are the ones counted in `answered`, `dropped` and `maxInFlight`.
-    var isCancel = false
+    var counted = Counted.none
 }
 
 /// The simulated MDE API: routing, the strict limits, injected faults, tokens and counters.
@@ -60,6 +73,7 @@ final class Simulator: Sendable {
         var random: SplitMix64
         var counters = Counters()
         var inFlight = 0
+        var tokenRequestsInFlight = 0
     }
 
     /// The counters `GET /_sim/stats` reports and `POST /_sim/reset` zeroes.
@@ -68,7 +82,9 @@ final class Simulator: Sendable {
         var violations = 0
         var answered: [String: Int] = [:]
         var arrivalsById: [String: Int] = [:]
+        /// Every token request, whatever its answer; `tokenEndpoint` tells them apart.
         var tokenRequests = 0
+        var tokenEndpoint = TokenCounters()
         var dropped = 0
         var maxInFlight = 0
         var inFlight = 0
@@ -76,6 +92,24 @@ final class Simulator: Sendable {
         /// so a benchmark can compare them with the gateway's ledger; the first
         /// `maxRecordedArrivalTimes` after a reset only.
         var arrivalTimesNs: [Int64] = []
+    }
+
+    /// What the token endpoint did; `granted + refused + outages == tokenRequests`.
+    struct TokenCounters: Encodable, Sendable {
+        var granted = 0
+        var grantedWithSecret = 0
+        var grantedWithAssertion = 0
+        var refused = 0
+        /// Refusals by AADSTS number ("7000215", "700027", ...).
+        var refusedByCode: [String: Int] = [:]
+        /// Client assertions refused because their `jti` had been presented before.
+        var replayedJtis = 0
+        /// Requests answered by an injected login outage (`tokenOutage`), 503 or dropped.
+        var outages = 0
+        /// Token requests between arrival and answer; with `tokenDelayMs`, `maxInFlight` shows
+        /// whether a client ever had more than one token request out at once.
+        var inFlight = 0
+        var maxInFlight = 0
     }
 
     /// Bounds the memory `Counters.arrivalTimesNs` may take (8 bytes each).
@@ -101,7 +135,8 @@ final class Simulator: Sendable {
                     clientId: configuration.clientId,
                     clientSecret: configuration.clientSecret,
                     staticToken: configuration.token,
-                    lifetime: configuration.tokenLifetime
+                    lifetime: configuration.tokenLifetime,
+                    certificates: configuration.clientCertificates
                 ),
                 random: SplitMix64(seed: configuration.seed)
             )
@@ -125,6 +160,8 @@ final class Simulator: Sendable {
             return self.only(.POST, request) { Decision(action: .reply(self.changeFaults(request))) }
         case 2 where route[0] == "_sim" && route[1] == "reset":
             return self.only(.POST, request) { Decision(action: .reply(self.reset())) }
+        case 2 where route[0] == "_sim" && route[1] == "revoke-tokens":
+            return self.only(.POST, request) { Decision(action: .reply(self.revokeTokens())) }
         default:
             return Decision(
                 action: .reply(.upstreamError(.notFound, code: "ResourceNotFound", message: "No route for \(request.path).")))
@@ -212,11 +249,21 @@ final class Simulator: Sendable {
             action = .reply(.upstreamError(.badRequest, code: "InvalidRequestBody", message: message))
         case .fault(.tooManyRequests(let retryAfter)):
             var headers = HTTPHeaders()
-            if let retryAfter { headers.add(name: "Retry-After", value: String(retryAfter)) }
-            action = .reply(.upstreamError(
-                .tooManyRequests, code: "TooManyRequests",
-                message: "Rate limit is exceeded." + (retryAfter.map { " Try again in \($0) seconds." } ?? ""),
-                headers: headers))
+            var message = "Rate limit is exceeded."
+            switch retryAfter {
+            case .seconds(let seconds):
+                headers.add(name: "Retry-After", value: String(seconds))
+                message += " Try again in \(seconds) seconds."
+            case .date(let seconds):
+                // Rounded up: a client that waits until the date never retries early.
+                let now = Timestamp.now().nanosecondsSinceEpoch
+                let date = (now + 999_999_999) / 1_000_000_000 + Int64(seconds)
+                headers.add(name: "Retry-After", value: HTTPDate.imfFixdate(secondsSinceEpoch: date))
+                message += " Try again in \(seconds) seconds."
+            case nil:
+                break
+            }
+            action = .reply(.upstreamError(.tooManyRequests, code: "TooManyRequests", message: message, headers: headers))
         case .fault(.internalServerError):
             action = .reply(.upstreamError(
                 .internalServerError, code: "InternalServerError", message: "An unexpected error occurred (injected)."))
@@ -231,7 +278,7 @@ final class Simulator: Sendable {
         case .cancelled(let comment):
             action = .reply(.json(.ok, self.factory.cancelledAction(id: id, comment: comment, at: .now())))
         }
-        return Decision(action: action, delay: delay, isCancel: true)
+        return Decision(action: action, delay: delay, counted: .cancel)
     }
 
     /// The cancel request's body; the property name is case-sensitive, as upstream.
@@ -242,18 +289,59 @@ final class Simulator: Sendable {
     // MARK: The identity platform
 
     /// `POST /{tenant}/oauth2/v2.0/token`. Token requests never count against the API's limits.
+    ///
+    /// A client assertion's `aud` must name the URL the request was sent to, as the client saw it:
+    /// this server's scheme, the `Host` header and the path.
     private func token(_ request: SimulatorRequest, tenant: String) -> Decision {
         let form = Self.formFields(request.body)
-        let outcome = self.state.withLock { state in
+        let audience = "\(self.configuration.scheme)://\(request.headers.first(name: "Host") ?? "")\(request.path)"
+        let (outcome, delay) = self.state.withLock { state -> (TokenOutcome, TimeAmount) in
             state.counters.tokenRequests += 1
-            return state.tokens.grant(tenant: tenant, form: form, now: .now())
+            state.tokenRequestsInFlight += 1
+            state.counters.tokenEndpoint.maxInFlight = max(state.counters.tokenEndpoint.maxInFlight, state.tokenRequestsInFlight)
+            let delay = state.faults.tokenDelay
+            switch state.faults.tokenOutage {
+            case .serviceUnavailable, .drop:
+                state.counters.tokenEndpoint.outages += 1
+                return (.outage(state.faults.tokenOutage), delay)
+            case .none:
+                break
+            }
+            let result = state.tokens.grant(
+                tenant: tenant, form: form, audience: audience, now: .now(), wallClock: .now())
+            switch result {
+            case .success(let grant):
+                state.counters.tokenEndpoint.granted += 1
+                switch grant.credential {
+                case .secret: state.counters.tokenEndpoint.grantedWithSecret += 1
+                case .assertion: state.counters.tokenEndpoint.grantedWithAssertion += 1
+                }
+            case .failure(let refusal):
+                state.counters.tokenEndpoint.refused += 1
+                state.counters.tokenEndpoint.refusedByCode[String(refusal.code), default: 0] += 1
+                if refusal.code == ClientAssertionCheck.replayCode { state.counters.tokenEndpoint.replayedJtis += 1 }
+            }
+            return (.answered(result), delay)
         }
+        let action: Decision.Action
         switch outcome {
-        case .success(let grant):
-            return Decision(action: .reply(.json(.ok, grant, headers: ["Cache-Control": "no-store", "Pragma": "no-cache"])))
-        case .failure(let refusal):
-            return Decision(action: .reply(.json(refusal.status, refusal)))
+        case .answered(.success(let grant)):
+            action = .reply(.json(.ok, grant, headers: ["Cache-Control": "no-store", "Pragma": "no-cache"]))
+        case .answered(.failure(let refusal)):
+            action = .reply(.json(refusal.status, refusal))
+        case .outage(.drop):
+            action = .drop
+        case .outage:
+            let refusal = TokenIssuer.Refusal(.serviceUnavailable, "temporarily_unavailable", code: 90033,
+                "A transient error has occurred: the sign-in service is unavailable (injected outage). Please try again.")
+            action = .reply(.json(refusal.status, refusal))
         }
+        return Decision(action: action, delay: delay, counted: .token)
+    }
+
+    private enum TokenOutcome {
+        case answered(Result<TokenIssuer.Grant, TokenIssuer.Refusal>)
+        case outage(FaultPlan.TokenOutage)
     }
 
     /// Decodes `application/x-www-form-urlencoded` (`+` is a space, then percent-decoding).
@@ -277,9 +365,17 @@ final class Simulator: Sendable {
         let counters = self.state.withLock { state in
             var counters = state.counters
             counters.inFlight = state.inFlight
+            counters.tokenEndpoint.inFlight = state.tokenRequestsInFlight
             return counters
         }
         return .json(.ok, counters)
+    }
+
+    /// `POST /_sim/revoke-tokens`: every token issued so far is refused from now on (401), as
+    /// after an admin revoked the app's sessions; the fixed `--token` stays valid.
+    private func revokeTokens() -> Reply {
+        let revoked = self.state.withLock { $0.tokens.revokeAll(now: .now()) }
+        return .json(.ok, ["revoked": revoked])
     }
 
     private func currentFaults() -> Reply {
@@ -301,7 +397,12 @@ final class Simulator: Sendable {
             return .upstreamError(.badRequest, code: "InvalidRequestBody", message: error.message)
         }
         let result = self.state.withLock { state -> Result<FaultPlan.Settings, BodyError> in
-            let plan = state.faults.updated(with: update, defaultRetryAfter: self.configuration.retryAfterSeconds)
+            let plan: FaultPlan
+            do throws(BodyError) {
+                plan = try state.faults.updated(with: update, defaultRetryAfter: self.configuration.retryAfterSeconds)
+            } catch {
+                return .failure(error)
+            }
             if let problem = plan.validationError() { return .failure(BodyError(problem)) }
             state.faults = plan
             return .success(plan.settings)
@@ -312,13 +413,16 @@ final class Simulator: Sendable {
         }
     }
 
-    /// Zeroes the counters and forgets the arrival log. Fault settings and issued tokens stay;
-    /// requests still in flight stay counted as in flight.
+    /// Zeroes the counters and forgets the arrival log. Fault settings, issued (and revoked)
+    /// tokens and the memory of presented assertion `jti`s stay; requests still in flight stay
+    /// counted as in flight.
     private func reset() -> Reply {
         let counters = self.state.withLock { state in
             state.counters = Counters()
             state.counters.maxInFlight = state.inFlight
             state.counters.inFlight = state.inFlight
+            state.counters.tokenEndpoint.maxInFlight = state.tokenRequestsInFlight
+            state.counters.tokenEndpoint.inFlight = state.tokenRequestsInFlight
             state.arrivals.removeAll()
             return state.counters
         }
@@ -334,7 +438,8 @@ final class Simulator: Sendable {
         case .reply(let reply): outcome = String(reply.status.code)
         case .drop: outcome = "dropped"
         }
-        if decision.isCancel {
+        switch decision.counted {
+        case .cancel:
             self.state.withLock { state in
                 state.inFlight -= 1
                 if case .drop = decision.action {
@@ -343,6 +448,10 @@ final class Simulator: Sendable {
                     state.counters.answered[outcome, default: 0] += 1
                 }
             }
+        case .token:
+            self.state.withLock { $0.tokenRequestsInFlight -= 1 }
+        case .none:
+            break
         }
         self.log?.write("\(request.method.rawValue) \(request.path) \(outcome)")
     }

@@ -12,12 +12,27 @@ struct SimulatorCommand: AsyncParsableCommand {
         abstract: "A local, strict stand-in for the MDE machine-action API, for tests, demos and offline use.",
         discussion: """
             Serves POST /api/machineactions/{id}/cancel and POST /{tenant}/oauth2/v2.0/token over \
-            HTTP/1.1, plus test endpoints: GET /_sim/stats, GET|POST /_sim/faults, POST /_sim/reset. \
-            Prints "mde-simulator listening on http://HOST:PORT" once ready.
+            HTTP/1.1 (HTTPS with --tls-certificate and --tls-key), plus test endpoints: \
+            GET /_sim/stats, GET|POST /_sim/faults, POST /_sim/reset, POST /_sim/revoke-tokens. \
+            Prints "mde-simulator listening on http://HOST:PORT" (https://...) once ready.
 
             Every cancel arrival counts against the limits, also ones answered 401, 400, 429 or 5xx. \
             An arrival is a violation (answered 429) when N or more earlier arrivals lie within the \
             last W of some --limit N/W.
+
+            The token endpoint grants client_credentials with --client-secret, or, for each \
+            --client-certificate, with a client assertion (client_assertion_type \
+            urn:ietf:params:oauth:client-assertion-type:jwt-bearer): an RS256 JWT whose header names \
+            the certificate by x5t#S256 (or x5t) and whose claims are aud = the token URL as sent \
+            (scheme://Host/path), iss = sub = the client id, exp in the future and at most 1 h \
+            ahead, nbf not in the future, and a jti never presented before.
+
+            POST /_sim/faults takes any of: fail500Rate, fail503Rate, dropRate, delayMs, failFirst, \
+            next429 {count, retryAfter}, next429RetryAfterDate {count, retryAfter} (Retry-After as an \
+            HTTP-date), next429WithoutRetryAfter, tokenOutage ("none" | "503" | "drop", until set \
+            back to "none"), tokenDelayMs (held before every token answer). \
+            POST /_sim/revoke-tokens makes every token issued so far answer 401; the fixed --token \
+            stays valid (start with --token "" to have none).
             """
     )
 
@@ -30,7 +45,7 @@ struct SimulatorCommand: AsyncParsableCommand {
     @Option(help: "Write the chosen port (digits, no newline) to this file, atomically.")
     var portFile: String?
 
-    @Option(help: "A bearer token the API always accepts.")
+    @Option(help: "A bearer token the API always accepts; \"\" for none (only issued tokens then).")
     var token = "sim-token"
 
     @Option(help: "The tenant of the token endpoint.")
@@ -44,6 +59,18 @@ struct SimulatorCommand: AsyncParsableCommand {
 
     @Option(help: "Seconds an issued access token stays valid.")
     var tokenLifetime = 3600
+
+    @Option(
+        name: .customLong("client-certificate"),
+        help: ArgumentHelp("A certificate (PEM) registered for the app: client assertions signed with its key are accepted; repeatable.", valueName: "file")
+    )
+    var clientCertificates: [String] = []
+
+    @Option(help: ArgumentHelp("Serve HTTPS with this certificate chain (PEM, server certificate first); needs --tls-key.", valueName: "file"))
+    var tlsCertificate: String?
+
+    @Option(help: ArgumentHelp("The private key (PEM, unencrypted) of --tls-certificate.", valueName: "file"))
+    var tlsKey: String?
 
     @Option(
         name: .customLong("limit"),
@@ -83,6 +110,9 @@ struct SimulatorCommand: AsyncParsableCommand {
         guard (0...65535).contains(self.port) else { throw ValidationError("--port must be 0...65535.") }
         guard self.tokenLifetime > 0 else { throw ValidationError("--token-lifetime must be positive.") }
         guard self.retryAfter >= 0 else { throw ValidationError("--retry-after must not be negative.") }
+        guard (self.tlsCertificate == nil) == (self.tlsKey == nil) else {
+            throw ValidationError("--tls-certificate and --tls-key go together: give both to serve HTTPS, or neither for plain HTTP.")
+        }
         if let problem = self.faults.validationError() {
             let flag = problem
                 .replacingOccurrences(of: "fail500Rate", with: "--fail-500-rate")
@@ -106,19 +136,29 @@ struct SimulatorCommand: AsyncParsableCommand {
 
     func run() async throws {
         let seed = self.seed ?? UInt64.random(in: 0...UInt64.max)
+        let certificates = try self.clientCertificates.map { path throws(CertificateFileError) in
+            try RegisteredCertificate(pemFile: path)
+        }
+        let tls = try self.tlsCertificate.map { certificate throws(CertificateFileError) in
+            try SimulatorServer.tlsContext(certificatePath: certificate, keyPath: self.tlsKey ?? "")
+        }
+        let scheme = tls == nil ? "http" : "https"
         let configuration = SimulatorConfiguration(
             token: self.token,
             tenant: self.tenant,
             clientId: self.clientId,
             clientSecret: self.clientSecret,
+            clientCertificates: certificates,
             tokenLifetime: .seconds(Int64(self.tokenLifetime)),
             limits: self.limits,
             retryAfterSeconds: self.retryAfter,
             faults: self.faults,
             seed: seed,
-            quiet: self.quiet
+            quiet: self.quiet,
+            scheme: scheme
         )
-        let server = SimulatorServer(host: self.host, port: self.port, simulator: Simulator(configuration: configuration))
+        let server = SimulatorServer(
+            host: self.host, port: self.port, simulator: Simulator(configuration: configuration), tls: tls)
         let portFile = self.portFile
         let quiet = self.quiet
         let limits = self.limits.isEmpty ? "none" : self.limits.map(\.spec).joined(separator: ", ")
@@ -127,7 +167,7 @@ struct SimulatorCommand: AsyncParsableCommand {
             let port = address.port ?? self.port
             if let portFile { try Self.writeAtomically(String(port), to: portFile) }
             let host = address.protocol == .inet6 ? "[\(address.ipAddress ?? self.host)]" : (address.ipAddress ?? self.host)
-            writeAll("mde-simulator listening on http://\(host):\(port)\n", to: STDOUT_FILENO)
+            writeAll("mde-simulator listening on \(scheme)://\(host):\(port)\n", to: STDOUT_FILENO)
             if !quiet {
                 writeAll("mde-simulator: limits \(limits); seed \(seed)\n", to: STDERR_FILENO)
             }

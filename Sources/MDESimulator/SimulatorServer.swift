@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 #if canImport(Glibc)
 import Glibc
@@ -9,7 +10,8 @@ import Glibc
 import Darwin
 #endif
 
-/// The simulator's HTTP/1.1 server: NIO's standard server pipeline in front of `RequestHandler`.
+/// The simulator's HTTP/1.1 server: NIO's standard server pipeline in front of `RequestHandler`,
+/// behind TLS when it has a certificate.
 ///
 /// It runs until SIGTERM or SIGINT, then closes the listening socket and every connection (idle
 /// keep-alive ones included) and returns, so the process exits 0.
@@ -17,11 +19,14 @@ struct SimulatorServer {
     var host: String
     var port: Int
     var simulator: Simulator
+    /// Nil: plain HTTP.
+    var tls: NIOSSLContext?
 
     /// Binds, calls `onListening` with the bound address, and serves until a stop signal.
     func run(onListening: (SocketAddress) throws -> Void) async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let simulator = self.simulator
+        let tls = self.tls
         let channel: any Channel
         do {
             channel = try await ServerBootstrap(group: group)
@@ -31,6 +36,9 @@ struct SimulatorServer {
                 .childChannelOption(.maxMessagesPerRead, value: 16)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        if let tls {
+                            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls))
+                        }
                         try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                         try channel.pipeline.syncOperations.addHandler(RequestHandler(simulator: simulator))
                     }
@@ -55,6 +63,42 @@ struct SimulatorServer {
         try await channel.closeFuture.get()
         // Shutting the loops down closes the remaining connections, idle keep-alive ones included.
         try await group.shutdownGracefully()
+    }
+}
+
+extension SimulatorServer {
+    /// The TLS setup for `--tls-certificate` and `--tls-key` (PEM), checked at start-up so a bad
+    /// file stops the simulator with a message instead of failing every handshake.
+    ///
+    /// ALPN offers HTTP/1.1 only: that is all this server speaks, and a client that asks for h2
+    /// (libcurl does) settles on HTTP/1.1.
+    static func tlsContext(certificatePath: String, keyPath: String) throws(CertificateFileError) -> NIOSSLContext {
+        try CertificateFileError.requireReadable(certificatePath, flag: "--tls-certificate")
+        try CertificateFileError.requireReadable(keyPath, flag: "--tls-key")
+        let chain: [NIOSSLCertificate]
+        do {
+            chain = try NIOSSLCertificate.fromPEMFile(certificatePath)
+        } catch {
+            throw CertificateFileError(flag: "--tls-certificate", path: certificatePath, problem: "the file cannot be read as PEM certificates (\(error))")
+        }
+        guard !chain.isEmpty else {
+            throw CertificateFileError(flag: "--tls-certificate", path: certificatePath, problem: "the file holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+        }
+        let key: NIOSSLPrivateKey
+        do {
+            key = try NIOSSLPrivateKey(file: keyPath, format: .pem)
+        } catch {
+            throw CertificateFileError(flag: "--tls-key", path: keyPath, problem: "the file cannot be read as an unencrypted PEM private key (\(error))")
+        }
+        var configuration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        configuration.applicationProtocols = ["http/1.1"]
+        do {
+            return try NIOSSLContext(configuration: configuration)
+        } catch {
+            throw CertificateFileError(
+                flag: "--tls-key", path: keyPath, problem: "the key does not fit the certificate in --tls-certificate \(certificatePath) (\(error))")
+        }
     }
 }
 

@@ -1,37 +1,79 @@
 import Foundation
 import MDEGateTransport
 
-/// A running `mde-simulator` on a free loopback port: the strict stand-in for the MDE API.
+/// A running `mde-simulator` on a free loopback port: the strict stand-in for the MDE API and
+/// its token endpoint, over plain HTTP or, given a `TestPKI`, over HTTPS.
 final class SimulatorProcess: Sendable {
     let process: TestProcess
     let port: Int
+    /// The fixed bearer token the API always accepts.
     let token: String
-    let client: HTTPClient
+    /// The app registration the token endpoint accepts.
+    static let tenant = "sim-tenant"
+    var tenant: String { Self.tenant }
+    static let clientId = "sim-client"
+    var clientId: String { Self.clientId }
+    let clientSecret: String
+    /// The CA the simulator's HTTPS certificate chains to; nil for plain HTTP.
+    let caFile: String?
+    /// Talks to this simulator (trusting `caFile`), directly.
+    let client: SimulatorClient
 
-    var baseURL: String { "http://127.0.0.1:\(port)" }
+    var scheme: String { caFile == nil ? "http" : "https" }
+    var baseURL: String { "\(scheme)://127.0.0.1:\(port)" }
+    var tokenPath: String { "/\(tenant)/oauth2/v2.0/token" }
+    /// The token endpoint, as a client configures it (`auth.token_url`) and as a client
+    /// assertion's `aud` must name it.
+    var tokenURL: String { baseURL + tokenPath }
+    /// `host:port` as a proxy sees it in `CONNECT` (and the key of `ConnectProxy`'s counts).
+    var authority: String { "127.0.0.1:\(port)" }
 
     /// Starts the simulator with `arguments` added to the fixed ones (loopback, port 0, a token
-    /// of this test's own, a fixed seed) and waits until it listens.
-    init(arguments: [String] = [], token: String = "sim-token-\(randomSuffix())") async throws {
+    /// and a client secret of this test's own, a fixed seed) and waits until it listens.
+    ///
+    /// - `tls`: serve HTTPS with `tls.server`, trusted through `tls.caFile`.
+    /// - `clientCertificates`: PEM certificates registered for the app (`--client-certificate`),
+    ///   e.g. `pki.client.certificatePath`; client assertions signed with their keys are granted.
+    ///
+    /// Give the token and secret through the parameters, not `arguments`, so that `token` and
+    /// `clientSecret` tell the truth.
+    init(
+        arguments: [String] = [],
+        token: String = "sim-token-\(randomSuffix())",
+        clientSecret: String = "sim-secret-\(randomSuffix())",
+        tls: TestPKI? = nil,
+        clientCertificates: [String] = []
+    ) async throws {
+        var fixed = [
+            "--host", "127.0.0.1", "--port", "0", "--token", token, "--seed", "7",
+            "--tenant", Self.tenant, "--client-id", Self.clientId, "--client-secret", clientSecret,
+        ]
+        if let tls {
+            fixed += ["--tls-certificate", tls.server.certificatePath, "--tls-key", tls.server.keyPath]
+        }
+        fixed += clientCertificates.flatMap { ["--client-certificate", $0] }
         let process = try TestProcess(
             name: "mde-simulator",
             executable: Binaries.simulator,
-            arguments: ["--host", "127.0.0.1", "--port", "0", "--token", token, "--seed", "7"] + arguments,
+            arguments: fixed + arguments,
             environment: TestProcess.environment()
         )
+        let scheme = tls == nil ? "http" : "https"
         do {
-            let line = try await process.waitForLine(containing: "mde-simulator listening on", in: [.stdout])
+            let line = try await process.waitForLine(containing: "mde-simulator listening on \(scheme)://", in: [.stdout])
             guard let port = line.split(separator: ":").last.flatMap({ Int($0) }) else {
                 throw HarnessError("cannot read the port from '\(line)'")
             }
             self.port = port
-            client = try HTTPClient(baseURL: "http://127.0.0.1:\(port)")
+            client = try SimulatorClient(baseURL: "\(scheme)://127.0.0.1:\(port)", caFile: tls?.caFile)
         } catch {
             await process.stop()
             throw error
         }
         self.process = process
         self.token = token
+        self.clientSecret = clientSecret
+        caFile = tls?.caFile
     }
 
     /// The simulator's counters (`GET /_sim/stats`).
@@ -47,10 +89,139 @@ final class SimulatorProcess: Sendable {
         guard response.status == 200 else { throw HarnessError("POST /_sim/faults \(faults): \(response.summary)") }
     }
 
+    /// How the token endpoint fails during a login outage (`tokenOutage` in `/_sim/faults`).
+    enum TokenOutage: String, Sendable {
+        case none
+        /// 503 with the identity platform's error body.
+        case serviceUnavailable = "503"
+        /// The connection is closed without an answer.
+        case drop
+    }
+
+    /// Starts or ends a login outage: until `.none`, every token request fails this way.
+    func setTokenOutage(_ outage: TokenOutage) async throws {
+        try await setFaults(["tokenOutage": .string(outage.rawValue)])
+    }
+
+    /// Holds every token answer this long, so concurrent token requests would overlap
+    /// (`tokenEndpoint.maxInFlight` then shows whether a client fetches one token at a time).
+    func setTokenDelay(_ delay: Duration) async throws {
+        try await setFaults(["tokenDelayMs": .number(delay / .milliseconds(1))])
+    }
+
+    /// Makes every token issued so far answer 401 (`POST /_sim/revoke-tokens`); the fixed `token`
+    /// stays valid. Returns how many tokens were revoked.
+    @discardableResult
+    func revokeTokens() async throws -> Int {
+        let response = try await client.send("POST", "/_sim/revoke-tokens")
+        guard response.status == 200, let revoked = try response.json()["revoked"]?.int else {
+            throw HarnessError("POST /_sim/revoke-tokens: \(response.summary)")
+        }
+        return revoked
+    }
+
+    /// Zeroes the counters (`POST /_sim/reset`); faults, issued tokens and seen `jti`s stay.
+    func reset() async throws {
+        let response = try await client.send("POST", "/_sim/reset")
+        guard response.status == 200 else { throw HarnessError("POST /_sim/reset: \(response.summary)") }
+    }
+
+    /// Sends `fields` to the token endpoint as a form, exactly as given (no fields are added).
+    func requestToken(_ fields: [(name: String, value: String)]) async throws -> HTTPResponse {
+        try await client.postForm(tokenPath, fields: fields)
+    }
+
+    /// The form fields of a client-credentials request with the client secret.
+    var secretGrantFields: [(name: String, value: String)] {
+        [("grant_type", "client_credentials"), ("client_id", clientId), ("client_secret", clientSecret),
+         ("scope", "https://api.securitycenter.microsoft.com/.default")]
+    }
+
+    /// The form fields of a client-credentials request with a client assertion.
+    func assertionGrantFields(assertion: String) -> [(name: String, value: String)] {
+        [("grant_type", "client_credentials"), ("client_id", clientId),
+         ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+         ("client_assertion", assertion), ("scope", "https://api.securitycenter.microsoft.com/.default")]
+    }
+
+    /// A fresh access token from the token endpoint, granted for the client secret.
+    func issueToken() async throws -> String {
+        let response = try await requestToken(secretGrantFields)
+        guard response.status == 200, let token = try response.json()["access_token"]?.string else {
+            throw HarnessError("POST \(tokenPath) with the client secret: \(response.summary)")
+        }
+        return token
+    }
+
+    /// A cancel sent straight to the simulator with `bearer` (default: the fixed `token`).
+    func cancel(_ id: String, bearer: String? = nil) async throws -> HTTPResponse {
+        try await client.post(
+            GatewayClient.cancelPath(id), json: ["Comment": "sent by the test"],
+            headers: [("Authorization", "Bearer \(bearer ?? token)")])
+    }
+
     @discardableResult
     func stop() async -> ProcessEnd? {
         client.shutdown()
         return await process.stop()
+    }
+}
+
+/// HTTP or HTTPS through the project's libcurl transport, trusting an extra CA and going through
+/// a proxy when asked: what `HTTPClient` does over TCP, plus the two settings it lacks.
+///
+/// Certificate checks stay on (as in the gateway): without the right `caFile`, an HTTPS request
+/// fails with `TransportError.Kind.tls`.
+final class SimulatorClient: Sendable {
+    let baseURL: String
+    private let transport: CurlTransport
+
+    /// `baseURL` without a trailing slash, e.g. `https://127.0.0.1:8443`.
+    init(baseURL: String, caFile: String? = nil, proxy: String? = nil, requestTimeout: Duration = .seconds(60)) throws {
+        self.baseURL = baseURL
+        transport = try CurlTransport(configuration: .init(
+            connectTimeout: .seconds(5),
+            requestTimeout: requestTimeout,
+            // Enough connections that concurrent calls in a test are concurrent at the server.
+            maxConcurrency: 64,
+            caFile: caFile,
+            proxy: proxy
+        ))
+    }
+
+    /// One request; `path` starts with `/`.
+    func send(
+        _ method: String,
+        _ path: String,
+        headers: [(name: String, value: String)] = [],
+        body: [UInt8] = []
+    ) async throws -> HTTPResponse {
+        try await transport.send(HTTPRequest(method: method, url: baseURL + path, headers: headers, body: body))
+    }
+
+    func get(_ path: String, headers: [(name: String, value: String)] = []) async throws -> HTTPResponse {
+        try await send("GET", path, headers: headers)
+    }
+
+    func post(_ path: String, json: JSON, headers: [(name: String, value: String)] = []) async throws -> HTTPResponse {
+        try await send("POST", path, headers: [("Content-Type", "application/json")] + headers, body: json.bytes)
+    }
+
+    /// An `application/x-www-form-urlencoded` POST, as token requests are sent.
+    func postForm(_ path: String, fields: [(name: String, value: String)]) async throws -> HTTPResponse {
+        let body = fields.map { "\(Self.formEncoded($0.name))=\(Self.formEncoded($0.value))" }.joined(separator: "&")
+        return try await send(
+            "POST", path, headers: [("Content-Type", "application/x-www-form-urlencoded")], body: Array(body.utf8))
+    }
+
+    func shutdown() {
+        transport.shutdown()
+    }
+
+    /// Percent-encodes everything but RFC 3986's unreserved characters.
+    private static func formEncoded(_ text: String) -> String {
+        let unreserved = CharacterSet(charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+        return text.addingPercentEncoding(withAllowedCharacters: unreserved) ?? text
     }
 }
 
@@ -65,7 +236,9 @@ struct SimulatorStats: Decodable, Sendable, CustomStringConvertible {
     var dropped: Int
     var inFlight: Int
     var maxInFlight: Int
+    /// Every token request, whatever its answer.
     var tokenRequests: Int
+    var tokenEndpoint: TokenEndpointStats
     /// Arrivals beyond a configured `--limit`.
     var violations: Int
 
@@ -78,7 +251,36 @@ struct SimulatorStats: Decodable, Sendable, CustomStringConvertible {
     }
 
     var description: String {
-        "arrivals \(arrivals), answered \(answered), violations \(violations), dropped \(dropped), inFlight \(inFlight)"
+        "arrivals \(arrivals), answered \(answered), violations \(violations), dropped \(dropped), inFlight \(inFlight), "
+            + "token requests \(tokenRequests) (\(tokenEndpoint))"
+    }
+}
+
+/// What the token endpoint did (`tokenEndpoint` in `GET /_sim/stats`);
+/// `granted + refused + outages == tokenRequests`.
+struct TokenEndpointStats: Decodable, Sendable, CustomStringConvertible {
+    var granted: Int
+    var grantedWithSecret: Int
+    var grantedWithAssertion: Int
+    var refused: Int
+    /// Refusals by AADSTS number ("7000215", "700027", ...).
+    var refusedByCode: [String: Int]
+    /// Client assertions refused because their `jti` had been presented before.
+    var replayedJtis: Int
+    /// Requests answered by an injected login outage (503 or dropped).
+    var outages: Int
+    var inFlight: Int
+    /// The most token requests that were between arrival and answer at once; with a token
+    /// delay, 1 proves a client fetches one token at a time.
+    var maxInFlight: Int
+
+    func refused(code: Int) -> Int {
+        refusedByCode[String(code)] ?? 0
+    }
+
+    var description: String {
+        "granted \(granted) (secret \(grantedWithSecret), assertion \(grantedWithAssertion)), refused \(refusedByCode), "
+            + "outages \(outages), maxInFlight \(maxInFlight)"
     }
 }
 
