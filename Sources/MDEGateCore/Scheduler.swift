@@ -34,6 +34,8 @@ public struct Scheduler: Sendable {
         public internal(set) var attempts: Int
         /// Attempts that failed (5xx or no answer); these are limited by `RetryPolicy.maxAttempts`.
         public internal(set) var failures: Int
+        /// The upstream already refused this job's token once (401); a second refusal is final.
+        public internal(set) var reauthorized = false
 
         /// A job as recovered from durable state (see `Scheduler.restore`).
         public init(
@@ -87,6 +89,9 @@ public struct Scheduler: Sendable {
         case retrying(at: Timestamp, attempts: Int)
         /// A 429: the whole gateway pauses until `until`, and the job is back at its queue's head.
         case throttled(until: Timestamp)
+        /// A first 401: the token was refused. The job is back at its queue's head, to be sent
+        /// once more with a new token; the refused attempt counts like any other.
+        case reauthorizing
     }
 
     public private(set) var ledger: Ledger
@@ -266,6 +271,12 @@ public struct Scheduler: Sendable {
             jobs[jobID] = job
             enqueue(jobID, of: job.client, atHead: true)
             return .throttled(until: pausedUntil!)
+        case .answered(status: 401, _) where !job.reauthorized:
+            job.reauthorized = true
+            job.state = .queued
+            jobs[jobID] = job
+            enqueue(jobID, of: job.client, atHead: true)
+            return .reauthorizing
         case .answered(let status, _) where status < 500:
             return finishJob(job)
         case .answered, .unanswered:

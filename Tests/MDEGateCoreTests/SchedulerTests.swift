@@ -117,6 +117,23 @@ struct SchedulerTests {
             == .finished(members: ["r1"], attempts: 2))
     }
 
+    @Test("a first 401 sends the job once more, first in line and without using a retry; a second 401 is final")
+    func unauthorizedOnce() {
+        var scheduler = makeScheduler(maxAttempts: 1)
+        _ = scheduler.submit("r1", machineActionID: guid(1), client: alice)
+        _ = scheduler.submit("r2", machineActionID: guid(2), client: alice)
+        _ = scheduler.nextDispatch(at: at(0))
+        let first = scheduler.finish("r1", outcome: .answered(status: 401, retryAfter: nil), at: at(1), jitter: 0)
+        #expect(first == .reauthorizing)
+        #expect(scheduler.pausedUntil == nil, "a refused token pauses nothing")
+        let again = scheduler.nextDispatch(at: at(1))!
+        #expect(again.job == "r1", "the job is back at the head of its queue")
+        #expect(again.attempt == 2, "the refused attempt counts")
+        let second = scheduler.finish("r1", outcome: .answered(status: 401, retryAfter: nil), at: at(2), jitter: 0)
+        #expect(second == .finished(members: ["r1"], attempts: 2))
+        #expect(scheduler.ledger.used(Limit(calls: 100, window: .seconds(60)), at: at(2)) == 2)
+    }
+
     @Test("a 429 without Retry-After pauses for 60 seconds")
     func throttlingDefault() {
         var scheduler = makeScheduler()

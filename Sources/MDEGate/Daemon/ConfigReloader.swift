@@ -53,11 +53,6 @@ struct ConfigReloader: Service {
         for warning in loaded.warnings {
             logger.warning("configuration: \(warning)", metadata: ["config": "\(configPath)"])
         }
-        guard case .tokenFile(let tokenPath) = loaded.configuration.auth.method else {
-            logger.error(
-                "the new configuration was refused: auth: OAuth2 client credentials are not supported by this version yet; the running configuration stays")
-            return
-        }
         let old = running.state.withLock { $0.configuration }
         let (configuration, needsRestart) = old.applyingReload(loaded.configuration)
         for key in needsRestart {
@@ -72,10 +67,20 @@ struct ConfigReloader: Service {
                 metadata: ["problem": "\(error)"])
             return
         }
+        let tokens: any TokenSource
+        do {
+            tokens = try configuration.auth.makeTokenSource(transport: transport, logger: Logger(label: "mdegate.auth"))
+        } catch {
+            transport.shutdown()
+            logger.error(
+                "the new auth settings were refused; the running configuration stays",
+                metadata: ["problem": "\(error)"])
+            return
+        }
         await gateway.reconfigure(
             settings: Gateway.Settings(configuration),
             upstream: UpstreamClient(transport: transport, baseURL: configuration.upstream.baseURL),
-            tokens: TokenFileProvider(path: tokenPath))
+            tokens: tokens)
         // Attempts still in flight on the old transport hold their own reference to it; its
         // thread ends once they are done and it is released.
         running.state.withLock { $0 = (configuration, transport) }

@@ -37,13 +37,15 @@ public enum Daemon {
             listener = .path(configuration.socket.path, mode: configuration.socket.mode)
         }
 
-        guard case .tokenFile(let tokenPath) = configuration.auth.method else {
-            throw DaemonError(
-                "auth: OAuth2 client credentials are not supported by this version yet; set auth.token_file to a file holding a bearer token")
-        }
-
         let transport = try CurlTransport(
             configuration: .init(configuration.upstream), logger: Logger(label: "mdegate.transport"))
+        let tokens: any TokenSource
+        do {
+            tokens = try configuration.auth.makeTokenSource(transport: transport, logger: Logger(label: "mdegate.auth"))
+        } catch {
+            transport.shutdown()
+            throw DaemonError("\(error)")
+        }
         let running = ConfigReloader.Running(configuration: configuration, transport: transport)
         defer { running.transport.shutdown() }
         let store = try SQLiteStore(path: configuration.state.path, logger: Logger(label: "mdegate.store"))
@@ -53,7 +55,7 @@ public enum Daemon {
             settings: Gateway.Settings(configuration),
             store: store,
             upstream: UpstreamClient(transport: transport, baseURL: configuration.upstream.baseURL),
-            tokens: TokenFileProvider(path: tokenPath),
+            tokens: tokens,
             eventLoop: group.any(),
             logger: logger)
         try await gateway.start()

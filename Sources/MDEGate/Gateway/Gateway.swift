@@ -53,7 +53,7 @@ public actor Gateway {
     private var nextWaiterID = 0
     private let store: any GatewayStore
     private var upstream: UpstreamClient
-    private var tokens: TokenFileProvider
+    private var tokens: any TokenSource
     private let logger: Logger
     private let eventLoop: any EventLoop
     private let now: @Sendable () -> Timestamp
@@ -69,7 +69,7 @@ public actor Gateway {
         settings: Settings,
         store: any GatewayStore,
         upstream: UpstreamClient,
-        tokens: TokenFileProvider,
+        tokens: any TokenSource,
         eventLoop: any EventLoop,
         logger: Logger,
         now: @escaping @Sendable () -> Timestamp = Gateway.wallClock
@@ -105,6 +105,16 @@ public actor Gateway {
             maxPending: settings.maxPending,
             pausedUntil: state.pausedUntil)
         restore(state.records)
+        watch(tokens)
+        pump()
+    }
+
+    /// A token fetched (or not) in the background may let waiting work go.
+    private func watch(_ source: any TokenSource) {
+        source.onChange { Task { await self.tokensChanged() } }
+    }
+
+    private func tokensChanged() {
         pump()
     }
 
@@ -145,10 +155,11 @@ public actor Gateway {
 
     /// Applies reloaded settings and a new upstream (transport, base URL); the queue, the
     /// ledger's attempts and a pause are kept. Attempts in flight finish on the old transport.
-    public func reconfigure(settings: Settings, upstream: UpstreamClient, tokens: TokenFileProvider) {
+    public func reconfigure(settings: Settings, upstream: UpstreamClient, tokens: any TokenSource) {
         self.settings = settings
         self.upstream = upstream
         self.tokens = tokens
+        watch(tokens)
         scheduler.reconfigure(
             limits: settings.limits, guardBand: settings.guardBand, retryPolicy: settings.retryPolicy,
             maxConcurrency: settings.maxConcurrency, maxPending: settings.maxPending)
@@ -261,7 +272,7 @@ public actor Gateway {
             pausedUntil: scheduler.pausedUntil.flatMap { $0 > time ? JSON.timestamp($0) : nil },
             inFlight: scheduler.inFlight,
             upstream: .init(baseUrl: upstream.baseURL, lastStatus: lastUpstreamStatus, lastError: lastUpstreamError),
-            auth: .init(mode: "token_file", tokenExpiresAt: nil, lastError: tokens.lastError))
+            auth: .init(mode: tokens.mode, tokenExpiresAt: tokens.tokenExpiresAt.map(JSON.timestamp), lastError: tokens.lastError))
     }
 
     // MARK: Dispatching
@@ -273,7 +284,7 @@ public actor Gateway {
         var tokenProblem = false
         while true {
             // Check the token before spending a slot: an attempt that cannot be sent must not count.
-            guard case .success(let token) = tokens.token() else {
+            guard case .success(let token) = tokens.token(at: time) else {
                 tokenProblem = true
                 break
             }
@@ -281,7 +292,8 @@ public actor Gateway {
             send(dispatch, token: token, at: time)
         }
         if tokenProblem, scheduler.nextWakeup(after: time) != nil {
-            // Work is waiting but there is no token: look at the file again in a second.
+            // Work is waiting but there is no token: ask again in a second (a token file is
+            // looked at again; a token fetch in the background also wakes the gateway itself).
             setTimer(for: time + .seconds(1))
         } else {
             setTimer(for: scheduler.nextWakeup(after: time))
@@ -311,12 +323,14 @@ public actor Gateway {
                 try await self.persist(changes)
             } catch {
                 self.logger.error("could not store an attempt; not sending it", metadata: ["error": "\(error)"])
-                await self.finish(dispatch, result: .failure(TransportError(kind: .other, message: "not sent: the attempt could not be stored")))
+                await self.finish(
+                    dispatch, token: token,
+                    result: .failure(TransportError(kind: .other, message: "not sent: the attempt could not be stored")))
                 return
             }
             self.departs(dispatchedAt: time)
             let result = await upstream.cancel(machineActionID: dispatch.machineActionID, comment: comment, token: token)
-            await self.finish(dispatch, result: result)
+            await self.finish(dispatch, token: token, result: result)
         }
     }
 
@@ -331,7 +345,7 @@ public actor Gateway {
         Task { try? await self.persist([.departure(recorded: time, departed: departed)]) }
     }
 
-    private func finish(_ dispatch: Scheduler.Dispatch, result: Result<HTTPResponse, TransportError>) async {
+    private func finish(_ dispatch: Scheduler.Dispatch, token: String, result: Result<HTTPResponse, TransportError>) async {
         let time = now()
         let outcome: AttemptOutcome
         var answer: RequestRecord.Response?
@@ -377,6 +391,13 @@ public actor Gateway {
                     "attempts": "\(attempts)", "retryAt": "\(JSON.timestamp(at))",
                 ].merging(failure.map { ["error": "\($0)"] } ?? [:]) { $1 })
             changes += requeue(members, lastError: failure)
+        case .reauthorizing:
+            // Fetch a new token (or look at the token file again) and send once more.
+            logger.notice(
+                "upstream answered 401: the access token was refused; sending once more with a new one",
+                metadata: ["request": "\(dispatch.job)"])
+            tokens.rejected(token)
+            changes += requeue(members, lastError: nil)
         case .throttled(let until):
             logger.warning(
                 "upstream answered 429: pausing all dispatch",

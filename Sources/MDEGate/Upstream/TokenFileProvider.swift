@@ -1,12 +1,15 @@
 import Foundation
+import MDEGateCore
 
 /// A bearer token kept fresh by another tool in a file (`auth.token_file`).
 ///
 /// The file is looked at again at most once a second (the dispatch path asks for the token on
 /// every attempt) and read again whenever its modification time or size changed, so a rotated
 /// token is picked up within a second, without a restart. The token itself is never logged.
-public final class TokenFileProvider: Sendable {
+public final class TokenFileProvider: TokenSource {
     public let path: String
+    public var mode: String { "token_file" }
+    public var tokenExpiresAt: Timestamp? { nil }
     private struct Cache: Sendable {
         var token: String?
         var modified: Date?
@@ -23,7 +26,7 @@ public final class TokenFileProvider: Sendable {
     }
 
     /// The current token, or an error that says what is wrong with the file (never its content).
-    public func token() -> Result<String, TokenError> {
+    public func token(at _: Timestamp) -> Result<String, TokenError> {
         let now = ContinuousClock.now
         if let fresh = cache.withLock({ cache -> String? in
             guard let checkedAt = cache.checkedAt, now - checkedAt < Self.recheckInterval else { return nil }
@@ -61,13 +64,19 @@ public final class TokenFileProvider: Sendable {
     /// The last problem with the file, for `/v1/status`; nil once a token was read.
     public var lastError: String? { cache.withLock { $0.lastError } }
 
+    /// A refused token makes the next call look at the file again at once: another tool may
+    /// have rotated it since. If it did not, the retry is refused too, and that answer is final.
+    public func rejected(_ token: String) {
+        cache.withLock { cache in
+            if cache.token == token { cache.checkedAt = nil }
+        }
+    }
+
+    /// The file is looked at on every dispatch round; nothing runs in the background.
+    public func onChange(_ handler: @escaping @Sendable () -> Void) {}
+
     private func fail(_ message: String) -> Result<String, TokenError> {
         cache.withLock { $0 = Cache(token: nil, modified: nil, size: nil, lastError: message) }
         return .failure(TokenError(message: message))
     }
-}
-
-public struct TokenError: Error, Sendable, CustomStringConvertible {
-    public var message: String
-    public var description: String { message }
 }

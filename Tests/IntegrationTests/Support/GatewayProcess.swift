@@ -14,6 +14,39 @@ struct GatewayOptions: Sendable {
     var requestTimeout = "5s"
     var maxConcurrency = 8
     var logLevel = "debug"
+    var credential = Credential.tokenFile
+    /// `upstream.ca_file`, `upstream.proxy`.
+    var caFile: String?
+    var proxy: String?
+    /// What `auth.token_file` holds; the simulator's fixed token unless set.
+    var tokenFileContent: String?
+
+    /// How the gateway gets its token from the simulator.
+    enum Credential: Sendable {
+        /// `auth.token_file` holding the simulator's fixed token.
+        case tokenFile
+        /// OAuth2 with the simulator's client secret in `auth.client_secret_file`.
+        case clientSecret
+        /// OAuth2 with a certificate the simulator has registered (`--client-certificate`).
+        case clientCertificate(certificate: String, key: String)
+    }
+
+    private func authYAML(directory: TemporaryDirectory, upstream baseURL: String) -> String {
+        let oauth = """
+              tenant_id: \(SimulatorProcess.tenant)
+              client_id: \(SimulatorProcess.clientId)
+              token_url: "\(baseURL)/{tenant_id}/oauth2/v2.0/token"
+              scope: "\(baseURL)/.default"
+            """
+        switch credential {
+        case .tokenFile:
+            return "  token_file: \(directory.file("token"))"
+        case .clientSecret:
+            return oauth + "\n  client_secret_file: \(directory.file("client-secret"))"
+        case .clientCertificate(let certificate, let key):
+            return oauth + "\n  client_certificate_file: \(certificate)\n  client_key_file: \(key)"
+        }
+    }
 
     /// The configuration file for a gateway in `directory` in front of the upstream at `baseURL`.
     func yaml(directory: TemporaryDirectory, upstream baseURL: String) -> String {
@@ -28,8 +61,10 @@ struct GatewayOptions: Sendable {
           connect_timeout: \(connectTimeout)
           request_timeout: \(requestTimeout)
           max_concurrency: \(maxConcurrency)
+        \(caFile.map { "  ca_file: \($0)" } ?? "")
+        \(proxy.map { "  proxy: \"\($0)\"" } ?? "")
         auth:
-          token_file: \(directory.file("token"))
+        \(authYAML(directory: directory, upstream: baseURL))
         quota:
           limits: [\(limits.map { "\"\($0)\"" }.joined(separator: ", "))]
           guard: \(guardBand)
@@ -61,7 +96,8 @@ final class GatewayProcess: Sendable {
         self.directory = directory
         configPath = directory.file("config.yaml")
         socketPath = directory.file("gw.sock")
-        try directory.write(upstream.token, to: "token")
+        try directory.write(options.tokenFileContent ?? upstream.token, to: "token")
+        try directory.write(upstream.clientSecret + "\n", to: "client-secret")
         try directory.write(options.yaml(directory: directory, upstream: upstream.baseURL), to: "config.yaml")
         let process = try TestProcess(
             name: "mdegate serve",

@@ -6,6 +6,8 @@ struct TestRig: Sendable {
     let directory: TemporaryDirectory
     let simulator: SimulatorProcess
     let gateway: GatewayProcess
+    /// The CA, server and app certificates when the rig serves HTTPS (`withRig(tls: true)`).
+    let pki: TestPKI?
 
     var client: GatewayClient { gateway.client }
 
@@ -32,21 +34,27 @@ func withRig<T>(
     simulator simulatorArguments: [String] = [],
     gateway options: GatewayOptions = GatewayOptions(),
     alone: Bool = false,
+    tls: Bool = false,
+    adjust: ((SimulatorProcess, TestPKI?, GatewayOptions) async throws -> GatewayOptions)? = nil,
     _ body: (TestRig) async throws -> T
 ) async throws -> T {
     await SuiteLoad.shared.enter(alone: alone)
+    let pki: TestPKI?
     let directory: TemporaryDirectory
     let simulator: SimulatorProcess
     let gateway: GatewayProcess
     do {
         directory = try TemporaryDirectory()
         do {
-            simulator = try await SimulatorProcess(arguments: simulatorArguments)
+            pki = tls ? try await TestPKI(directory: directory.path) : nil
+            simulator = try await SimulatorProcess(
+                arguments: simulatorArguments, tls: pki, clientCertificates: pki.map { [$0.client.certificatePath] } ?? [])
         } catch {
             directory.remove()
             throw error
         }
         do {
+            let options = try await adjust?(simulator, pki, options) ?? options
             gateway = try await GatewayProcess(directory: directory, options: options, upstream: simulator)
         } catch {
             await simulator.stop()
@@ -60,7 +68,7 @@ func withRig<T>(
 
     let outcome: Result<T, any Error>
     do {
-        outcome = .success(try await body(TestRig(directory: directory, simulator: simulator, gateway: gateway)))
+        outcome = .success(try await body(TestRig(directory: directory, simulator: simulator, gateway: gateway, pki: pki)))
     } catch {
         outcome = .failure(error)
     }

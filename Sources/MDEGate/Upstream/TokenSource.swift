@@ -1,0 +1,64 @@
+import Foundation
+import Logging
+import MDEGateConfig
+import MDEGateCore
+import MDEGateTransport
+
+/// Where the bearer token for the MDE API comes from (`auth.*`).
+///
+/// The dispatch path asks for the token synchronously before it spends a slot, so a source
+/// answers from what it holds and fetches in the background; when a fetch ends it calls the
+/// handler given to `onChange`, and the gateway looks again.
+public protocol TokenSource: Sendable {
+    /// `token_file`, `client_secret` or `client_certificate`, for `/v1/status`.
+    var mode: String { get }
+    /// The token to send now, or what stands in the way (never the token or a secret).
+    func token(at now: Timestamp) -> Result<String, TokenError>
+    /// The upstream answered 401 to `token`: do not hand it out again.
+    func rejected(_ token: String)
+    /// When the token in hand expires, if the source knows.
+    var tokenExpiresAt: Timestamp? { get }
+    /// The last problem getting a token, nil once one was obtained.
+    var lastError: String? { get }
+    /// Runs `handler` whenever a background fetch ends, in success or failure.
+    func onChange(_ handler: @escaping @Sendable () -> Void)
+}
+
+public struct TokenError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+
+    public init(message: String) {
+        self.message = message
+    }
+}
+
+extension GatewayConfiguration.Auth {
+    /// The token source these settings describe. Credentials are read and checked now (the
+    /// secret file is readable and not empty, the key belongs to the certificate), so a daemon
+    /// refuses to start, or a reload is refused, with a message that names the file.
+    public func makeTokenSource(transport: CurlTransport, logger: Logger) throws(TokenError) -> any TokenSource {
+        switch method {
+        case .tokenFile(let path):
+            return TokenFileProvider(path: path)
+        case .clientSecret(_, let clientID, let secretFile):
+            let provider = OAuth2TokenProvider(
+                tokenURL: tokenURL, clientID: clientID, scope: scope, credential: .secretFile(secretFile),
+                transport: transport, logger: logger)
+            try provider.checkCredential()
+            return provider
+        case .clientCertificate(_, let clientID, let certificateFile, let keyFile):
+            let signer = try ClientAssertionSigner(certificateFile: certificateFile, keyFile: keyFile, clientID: clientID)
+            if signer.notValidAfter < Date() {
+                logger.warning(
+                    "the client certificate has expired; the identity platform will refuse it",
+                    metadata: ["file": "\(certificateFile)", "notValidAfter": "\(signer.notValidAfter)"])
+            }
+            return OAuth2TokenProvider(
+                tokenURL: tokenURL, clientID: clientID, scope: scope, credential: .certificate(signer),
+                transport: transport, logger: logger)
+        case nil:
+            throw TokenError(message: "auth: no credentials are configured")
+        }
+    }
+}
