@@ -133,17 +133,34 @@ struct CheckConfig: AsyncParsableCommand {
     var config: String = GatewayConfiguration.defaultPath
 
     func run() async throws {
+        // Outside systemd there is no credentials directory: check the rest of the file, and
+        // say that the secret systemd will load (LoadCredential=) is not checked here.
+        var environment = ProcessInfo.processInfo.environment
+        let placeholder = "$CREDENTIALS_DIRECTORY"
+        if environment["CREDENTIALS_DIRECTORY"]?.isEmpty ?? true { environment["CREDENTIALS_DIRECTORY"] = placeholder }
+        let loaded: LoadedConfiguration
         do {
-            let loaded = try GatewayConfiguration.load(path: config)
-            for warning in loaded.warnings {
-                FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
-            }
-            print("# \(config): valid")
-            print(loaded.configuration.renderedYAML())
+            loaded = try GatewayConfiguration.load(path: config, environment: environment)
         } catch {
             FileHandle.standardError.write(Data("\(config): invalid\n\(error)\n".utf8))
             throw ExitStatus.refused
         }
+        var notes = loaded.warnings
+        if loaded.configuration.auth.clientSecretFile?.hasPrefix(placeholder) == true {
+            notes.append("the client secret comes from systemd (LoadCredential=client-secret:...) when the service starts; it is not checked here")
+        } else {
+            do {
+                notes += try loaded.configuration.auth.checkCredentials()
+            } catch {
+                FileHandle.standardError.write(Data("\(config): invalid\n\(error)\n".utf8))
+                throw ExitStatus.refused
+            }
+        }
+        for note in notes {
+            FileHandle.standardError.write(Data("warning: \(note)\n".utf8))
+        }
+        print("# \(config): valid")
+        print(loaded.configuration.renderedYAML())
     }
 }
 

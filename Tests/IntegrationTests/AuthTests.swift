@@ -218,6 +218,49 @@ struct AuthTests {
         }
     }
 
+    // MARK: Credentials that cannot work
+
+    enum BrokenCredential: String, CaseIterable, Sendable {
+        case keyOfAnotherCertificate, emptySecret, certificateAsKey
+    }
+
+    @Test("credentials that cannot work stop check-config and serve with a message naming the file, never the key", arguments: BrokenCredential.allCases)
+    func brokenCredentials(_ broken: BrokenCredential) async throws {
+        try await sharingTheMachine {
+            let directory = try TemporaryDirectory()
+            defer { directory.remove() }
+            let pki = try await TestPKI(directory: directory.path)
+            var options = GatewayOptions()
+            let expected: String
+            switch broken {
+            case .keyOfAnotherCertificate:
+                options.credential = .clientCertificate(certificate: pki.client.certificatePath, key: pki.otherClient.keyPath)
+                expected = "does not belong to the certificate"
+            case .emptySecret:
+                options.credential = .clientSecret
+                try directory.write("\n", to: "client-secret")
+                expected = "client secret file \(directory.file("client-secret")) is empty"
+            case .certificateAsKey:
+                options.credential = .clientCertificate(certificate: pki.client.certificatePath, key: pki.client.certificatePath)
+                expected = "is not an unencrypted RSA private key"
+            }
+            try directory.write(options.yaml(directory: directory, upstream: "https://127.0.0.1:9"), to: "config.yaml")
+            let checked = try await CommandResult.run(["check-config", "--config", directory.file("config.yaml")])
+            #expect(checked.exitCode == 1, "\(checked)")
+            #expect(checked.stderr.contains(expected), "\(checked)")
+            let served = try await CommandResult.run(["serve", "--config", directory.file("config.yaml")])
+            #expect(served.exitCode != 0, "\(served)")
+            #expect(served.stderr.contains(expected), "\(served)")
+            for output in [checked.stdout + checked.stderr, served.stdout + served.stderr] {
+                for key in [pki.client.keyPEM, pki.otherClient.keyPEM] {
+                    for line in key.split(separator: "\n") where !line.hasPrefix("-----") {
+                        #expect(!output.contains(line), "a line of a private key appeared")
+                    }
+                }
+            }
+        }
+    }
+
     // MARK: Secrets
 
     /// Everything an operator or a tool can read about the session: every log line so far,

@@ -66,12 +66,6 @@ public final class OAuth2TokenProvider: TokenSource {
         self.now = now
     }
 
-    /// Checks that a token request can be made at all (the secret file is readable and not
-    /// empty), so `serve` refuses to start with a clear message instead of failing every fetch.
-    public func checkCredential() throws(TokenError) {
-        if case .secretFile(let path) = credential { _ = try Self.readSecret(path) }
-    }
-
     public var tokenExpiresAt: Timestamp? { state.withLock { $0.token == nil ? nil : $0.expiresAt } }
     public var lastError: String? { state.withLock { $0.lastError } }
 

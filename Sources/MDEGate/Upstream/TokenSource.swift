@@ -42,11 +42,10 @@ extension GatewayConfiguration.Auth {
         case .tokenFile(let path):
             return TokenFileProvider(path: path)
         case .clientSecret(_, let clientID, let secretFile):
-            let provider = OAuth2TokenProvider(
+            _ = try OAuth2TokenProvider.readSecret(secretFile)
+            return OAuth2TokenProvider(
                 tokenURL: tokenURL, clientID: clientID, scope: scope, credential: .secretFile(secretFile),
                 transport: transport, logger: logger)
-            try provider.checkCredential()
-            return provider
         case .clientCertificate(_, let clientID, let certificateFile, let keyFile):
             let signer = try ClientAssertionSigner(certificateFile: certificateFile, keyFile: keyFile, clientID: clientID)
             if signer.notValidAfter < Date() {
@@ -59,6 +58,24 @@ extension GatewayConfiguration.Auth {
                 transport: transport, logger: logger)
         case nil:
             throw TokenError(message: "auth: no credentials are configured")
+        }
+    }
+
+    /// Reads and checks the credentials as `serve` will (`mdegate check-config`): the client
+    /// secret file is readable and not empty; the key is an RSA key that belongs to the
+    /// certificate. A token file is not checked: another tool may not have written it yet.
+    /// Returns notes for the operator (an expired certificate); throws what would stop `serve`.
+    public func checkCredentials() throws(TokenError) -> [String] {
+        switch method {
+        case .tokenFile, nil:
+            return []
+        case .clientSecret(_, _, let secretFile):
+            _ = try OAuth2TokenProvider.readSecret(secretFile)
+            return []
+        case .clientCertificate(_, let clientID, let certificateFile, let keyFile):
+            let signer = try ClientAssertionSigner(certificateFile: certificateFile, keyFile: keyFile, clientID: clientID)
+            guard signer.notValidAfter < Date() else { return [] }
+            return ["the client certificate \(certificateFile) expired on \(signer.notValidAfter); the identity platform will refuse it"]
         }
     }
 }
