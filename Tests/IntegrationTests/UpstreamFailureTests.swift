@@ -94,4 +94,49 @@ struct UpstreamFailureTests {
             #expect(stats.dropped == 2)
         }
     }
+
+    /// Seconds from now until the instant `/v1/status` gives as `pausedUntil`.
+    private static func secondsUntil(_ iso: String?) throws -> Double {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        let date = try #require(iso.flatMap(formatter.date(from:)), "pausedUntil \(String(describing: iso))")
+        return date.timeIntervalSinceNow
+    }
+
+    @Test("Retry-After as an HTTP-date pauses until that date; the request is then sent again")
+    func retryAfterDate() async throws {
+        try await withRig { rig in
+            try await rig.simulator.setFaults(["next429RetryAfterDate": ["count": 1, "retryAfter": 2]])
+            let client = rig.client
+            let id = machineActionID()
+            async let answer = client.cancel(id)
+            let status = try await eventually("the gateway to report the pause", { try await client.status() }) {
+                $0["pausedUntil"]?.string != nil
+            }
+            // The date is whole seconds, 2 to 3 s after the 429 (rounded up).
+            let pausedUntil = status["pausedUntil"]?.string
+            #expect(pausedUntil?.hasSuffix(".000Z") == true, "\(status)")
+            let left = try Self.secondsUntil(pausedUntil)
+            #expect(left > 0 && left <= 3.1, "\(left) s left of the pause: \(status)")
+            let final = try await answer
+            #expect(final.status == 200, "\(final.summary)")
+            #expect(try await rig.simulator.stats().arrivals(for: id) == 2)
+        }
+    }
+
+    @Test("a 429 without Retry-After pauses for 60 seconds, keeping the request queued")
+    func retryAfterMissing() async throws {
+        try await withRig { rig in
+            try await rig.simulator.setFaults(["next429WithoutRetryAfter": 1])
+            let accepted = try await rig.client.cancel(machineActionID(), prefer: "respond-async")
+            #expect(accepted.status == 202, "\(accepted.summary)")
+            let status = try await eventually("the gateway to report the pause", { try await rig.client.status() }) {
+                $0["pausedUntil"]?.string != nil
+            }
+            let left = try Self.secondsUntil(status["pausedUntil"]?.string)
+            #expect(left > 50 && left <= 60, "\(left) s left of the pause: \(status)")
+            #expect(status["queue"]?["depth"]?.int == 1, "back in the queue: \(status)")
+            #expect(try await rig.simulator.stats().arrivals == 1)
+        }
+    }
 }
