@@ -134,7 +134,7 @@ public final class OAuth2TokenProvider: TokenSource {
                 state.lastError = nil
             case .failure(let error):
                 state.failures += 1
-                let backoff = Duration.seconds(min(60, 1 << min(state.failures - 1, 6)))
+                let backoff = Duration.seconds(min(30, 1 << min(state.failures - 1, 5)))
                 state.retryAt = now() + backoff
                 state.lastError = error.message
             }
