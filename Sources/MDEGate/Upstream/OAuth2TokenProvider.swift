@@ -11,7 +11,7 @@ import MDEGateTransport
 ///   dispatches want a token; they get the cached one or wait for that request.
 /// - Token requests go through the same libcurl transport as API calls (so `upstream.proxy`
 ///   and `upstream.ca_file` apply) and are not API calls: they never touch the quota.
-/// - A failed request is retried with backoff (1 s doubling to 60 s) while work waits; its
+/// - A failed request is retried with backoff (1 s doubling to 30 s) while work waits; its
 ///   problem shows in `/v1/status` and the log, never the secret, assertion or token.
 public final class OAuth2TokenProvider: TokenSource {
     public enum Credential: Sendable {
