@@ -165,10 +165,17 @@ struct RunningSimulator: Sendable {
     let process: ChildProcess
     let port: UInt16
     static let token = "bench-token"
+    /// The app registration the token endpoint accepts (OAuth2 scenarios).
+    static let tenant = "bench-tenant"
+    static let clientID = "bench-client"
+    static let clientSecret = "bench-secret"
 
     /// `delay` holds every answer that long (`--delay`), like a distant upstream.
     static func start(limits: [Limit], delay: Duration?, in workspace: Workspace, environment: Environment) throws -> RunningSimulator {
-        var arguments = ["--port", "0", "--token", token, "--quiet"]
+        var arguments = [
+            "--port", "0", "--token", token, "--quiet",
+            "--tenant", tenant, "--client-id", clientID, "--client-secret", clientSecret,
+        ]
         for limit in limits { arguments += ["--limit", limit.spec] }
         if let delay, delay > .zero { arguments += ["--delay", delay.configString] }
         let process = try ChildProcess(
@@ -195,6 +202,13 @@ struct RunningSimulator: Sendable {
         return try JSONDecoder().decode(SimulatorStats.self, from: Data(reply.body))
     }
 
+    /// `POST` a control route (`/_sim/faults`, `/_sim/revoke-tokens`) with a JSON body.
+    func control(_ path: String, _ json: String = "{}", timeoutSeconds: Double) throws {
+        let reply = try HTTPConnection(endpoint, timeoutSeconds: timeoutSeconds)
+            .send("POST", path, headers: [("Content-Type", "application/json")], body: Array(json.utf8))
+        guard reply.status == 200 else { throw BenchError("POST \(path) answered \(reply.status)") }
+    }
+
     /// `POST /_sim/reset`: zero the counters and forget arrivals.
     func reset(timeoutSeconds: Double) throws {
         let reply = try HTTPConnection(endpoint, timeoutSeconds: timeoutSeconds).send("POST", "/_sim/reset")
@@ -210,6 +224,7 @@ struct SimulatorStats: Decodable, Sendable {
     var maxInFlight: Int
     /// Added for the benchmark; nil with an older simulator.
     var arrivalTimesNs: [Int64]?
+    var tokenRequests: Int?
 }
 
 /// A running daemon with its own configuration file, socket and state file.
@@ -225,6 +240,8 @@ struct RunningDaemon: Sendable {
         var guardBand: Duration
         var maxConcurrency = 8
         var maxPending = 100_000
+        /// OAuth2 with the simulator's client secret instead of a token file.
+        var clientSecret = false
     }
 
     /// Writes the configuration (first start only) and starts `mdegate serve`.
@@ -238,6 +255,15 @@ struct RunningDaemon: Sendable {
             let tokenPath = workspace.file("token")
             try RunningSimulator.token.write(toFile: tokenPath, atomically: true, encoding: .utf8)
             let limits = settings.limits.map { "\"\($0.spec)\"" }.joined(separator: ", ")
+            let secretPath = workspace.file("client-secret")
+            try RunningSimulator.clientSecret.write(toFile: secretPath, atomically: true, encoding: .utf8)
+            let oauth = """
+                  tenant_id: \(RunningSimulator.tenant)
+                  client_id: \(RunningSimulator.clientID)
+                  client_secret_file: \(secretPath)
+                  token_url: http://127.0.0.1:\(simulator.port)/{tenant_id}/oauth2/v2.0/token
+                  scope: http://127.0.0.1:\(simulator.port)/.default
+                """
             let yaml = """
                 # Written by mdegate-bench for one run.
                 socket:
@@ -249,7 +275,7 @@ struct RunningDaemon: Sendable {
                   base_url: http://127.0.0.1:\(simulator.port)
                   max_concurrency: \(settings.maxConcurrency)
                 auth:
-                  token_file: \(tokenPath)
+                \(settings.clientSecret ? oauth : "  token_file: \(tokenPath)")
                 quota:
                   limits: [\(limits)]
                   guard: \(settings.guardBand.configString)

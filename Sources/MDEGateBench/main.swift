@@ -19,7 +19,7 @@ struct Bench: AsyncParsableCommand {
             socket in a fresh /tmp/mdb.* directory) and stops both at the end. Prints one block of \
             figures with each DESIGN.md target and "met" or "MISSED", then one JSON line.
             """,
-        subcommands: [Burst.self, Sustained.self, Admission.self, Latency.self],
+        subcommands: [Burst.self, Sustained.self, Admission.self, Latency.self, Auth.self],
         defaultSubcommand: Burst.self)
 }
 
@@ -243,6 +243,33 @@ struct Latency: AsyncParsableCommand {
     func run() async throws {
         let scenario = LatencyScenario(requests: requests, warmup: warmup)
         try await common.run(defaultTimeout: 120 + Double(requests) / 50) { try await scenario.run(in: $0) }
+    }
+}
+
+struct Auth: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "What a token refresh costs the call that triggers it, and a login outage: what waiting clients see.")
+
+    @Option(help: "Rounds of (warm call, revoke tokens, call that meets the 401).")
+    var rounds = 20
+
+    @Option(help: "How long the token endpoint answers 503, in seconds (0 skips this part).")
+    var outage = 60.0
+
+    @Option(help: "Asynchronous cancels submitted during the outage.")
+    var asyncRequests = 20
+
+    @OptionGroup var common: CommonOptions
+
+    func validate() throws {
+        guard rounds >= 1, outage >= 0, asyncRequests >= 0 else {
+            throw ValidationError("--rounds must be at least 1, --outage and --async-requests at least 0")
+        }
+    }
+
+    func run() async throws {
+        let scenario = AuthScenario(rounds: rounds, outageSeconds: outage, asyncRequests: asyncRequests)
+        try await common.run(defaultTimeout: 120 + outage * 2) { try await scenario.run(in: $0) }
     }
 }
 

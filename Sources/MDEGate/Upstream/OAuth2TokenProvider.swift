@@ -11,8 +11,9 @@ import MDEGateTransport
 ///   dispatches want a token; they get the cached one or wait for that request.
 /// - Token requests go through the same libcurl transport as API calls (so `upstream.proxy`
 ///   and `upstream.ca_file` apply) and are not API calls: they never touch the quota.
-/// - A failed request is retried with backoff (1 s doubling to 30 s) while work waits; its
-///   problem shows in `/v1/status` and the log, never the secret, assertion or token.
+/// - A failed request is retried with backoff (1 s doubling to 10 s, so a login host that is
+///   back is used within 10 s) while work waits; its problem shows in `/v1/status` and the
+///   log, never the secret, assertion or token.
 public final class OAuth2TokenProvider: TokenSource {
     public enum Credential: Sendable {
         /// The secret is read from this file for every token request, so a rotated secret is
@@ -134,7 +135,7 @@ public final class OAuth2TokenProvider: TokenSource {
                 state.lastError = nil
             case .failure(let error):
                 state.failures += 1
-                let backoff = Duration.seconds(min(30, 1 << min(state.failures - 1, 5)))
+                let backoff = Duration.seconds(min(10, 1 << min(state.failures - 1, 4)))
                 state.retryAt = now() + backoff
                 state.lastError = error.message
             }
