@@ -19,11 +19,11 @@ struct SimulatorAuthTests {
             #expect(stats.status == 200, "\(stats.summary)")
 
             // The certificate names localhost too.
-            let byName = try SimulatorClient(baseURL: "https://localhost:\(simulator.port)", caFile: simulator.caFile)
+            let byName = try HTTPClient(baseURL: "https://localhost:\(simulator.port)", caFile: simulator.caFile)
             defer { byName.shutdown() }
             #expect(try await byName.get("/_sim/stats").status == 200)
 
-            let untrusting = try SimulatorClient(baseURL: simulator.baseURL)
+            let untrusting = try HTTPClient(baseURL: simulator.baseURL)
             defer { untrusting.shutdown() }
             let error = await #expect(throws: TransportError.self) { try await untrusting.get("/_sim/stats") }
             #expect(error?.kind == .tls, "\(String(describing: error))")
@@ -324,7 +324,7 @@ struct SimulatorAuthTests {
     func proxyTunnel() async throws {
         try await withSimulator { simulator, _ in
             try await withConnectProxy { proxy in
-                let client = try SimulatorClient(baseURL: simulator.baseURL, caFile: simulator.caFile, proxy: proxy.url)
+                let client = try HTTPClient(baseURL: simulator.baseURL, caFile: simulator.caFile, proxy: proxy.url)
                 defer { client.shutdown() }
                 let answer = try await client.postForm(simulator.tokenPath, fields: simulator.secretGrantFields)
                 #expect(answer.status == 200, "\(answer.summary)")
@@ -338,14 +338,14 @@ struct SimulatorAuthTests {
     func proxyForward() async throws {
         try await withSimulator(tls: false) { simulator, _ in
             try await withConnectProxy { proxy in
-                let client = try SimulatorClient(baseURL: simulator.baseURL, proxy: proxy.url)
+                let client = try HTTPClient(baseURL: simulator.baseURL, proxy: proxy.url)
                 defer { client.shutdown() }
                 let answer = try await client.postForm(simulator.tokenPath, fields: simulator.secretGrantFields)
                 #expect(answer.status == 200, "\(answer.summary)")
                 #expect(proxy.forwarded(to: simulator.authority) == 1, "\(proxy.traffic)")
                 #expect(try await simulator.stats().tokenEndpoint.grantedWithSecret == 1)
 
-                let direct = try SimulatorClient(baseURL: proxy.url)
+                let direct = try HTTPClient(baseURL: proxy.url)
                 defer { direct.shutdown() }
                 let refused = try await direct.get("/")
                 #expect(refused.status == 405, "\(refused.summary)")

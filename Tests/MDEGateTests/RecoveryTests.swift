@@ -6,6 +6,19 @@ import Testing
 
 @testable import MDEGate
 
+/// A gateway with one call an hour, an upstream nobody listens on and no token: whatever it is
+/// asked to do, it sends nothing, so a test sees only what it stores and answers.
+func offlineGateway(store: any GatewayStore, transport: CurlTransport) -> Gateway {
+    Gateway(
+        settings: .init(
+            limits: [Limit(calls: 1, window: .seconds(3600))], guardBand: .zero,
+            retryPolicy: RetryPolicy(maxAttempts: 4, initialBackoff: .seconds(1), maxBackoff: .seconds(1)),
+            maxConcurrency: 1, maxPending: 10),
+        store: store, upstream: UpstreamClient(transport: transport, baseURL: "http://127.0.0.1:9"),
+        tokens: TokenFileProvider(path: "/nonexistent"), eventLoop: MultiThreadedEventLoopGroup.singleton.any(),
+        logger: Logger(label: "test"))
+}
+
 @Suite("Start-up from stored state")
 struct RecoveryTests {
     @Test("queued and interrupted requests come back in order, coalesced ones with their job, and the ledger stays spent")
@@ -32,14 +45,7 @@ struct RecoveryTests {
         // The simulator is not running: nothing may be sent, and the one-per-hour limit is spent.
         let transport = try CurlTransport(configuration: .init(connectTimeout: .milliseconds(200)))
         defer { transport.shutdown() }
-        let gateway = Gateway(
-            settings: .init(
-                limits: [Limit(calls: 1, window: .seconds(3600))], guardBand: .zero,
-                retryPolicy: RetryPolicy(maxAttempts: 4, initialBackoff: .seconds(1), maxBackoff: .seconds(1)),
-                maxConcurrency: 1, maxPending: 10),
-            store: store, upstream: UpstreamClient(transport: transport, baseURL: "http://127.0.0.1:9"),
-            tokens: TokenFileProvider(path: "/nonexistent"), eventLoop: MultiThreadedEventLoopGroup.singleton.any(),
-            logger: Logger(label: "test"))
+        let gateway = offlineGateway(store: store, transport: transport)
         try await gateway.start()
 
         let status = await gateway.status()
@@ -88,14 +94,7 @@ struct FailedWriteTests {
         try await store.apply([.attempt(Gateway.wallClock())])
         let transport = try CurlTransport(configuration: .init(connectTimeout: .milliseconds(200)))
         defer { transport.shutdown() }
-        let gateway = Gateway(
-            settings: .init(
-                limits: [Limit(calls: 1, window: .seconds(3600))], guardBand: .zero,
-                retryPolicy: RetryPolicy(maxAttempts: 4, initialBackoff: .seconds(1), maxBackoff: .seconds(1)),
-                maxConcurrency: 1, maxPending: 10),
-            store: store, upstream: UpstreamClient(transport: transport, baseURL: "http://127.0.0.1:9"),
-            tokens: TokenFileProvider(path: "/nonexistent"), eventLoop: MultiThreadedEventLoopGroup.singleton.any(),
-            logger: Logger(label: "test"))
+        let gateway = offlineGateway(store: store, transport: transport)
         try await gateway.start()
         let client = RequestRecord.Client(uid: 1000, pid: 42, name: nil)
         guard case .accepted(let first) = try await gateway.submit(

@@ -1,19 +1,30 @@
+import Foundation
 import MDEGateTransport
 
-/// Talks HTTP to one test process, through the project's own libcurl transport: over TCP to the
-/// simulator, over the Unix socket to the gateway.
+/// Talks HTTP to one test process, through the project's own libcurl transport: over TCP (HTTP or
+/// HTTPS) to the simulator, over the Unix socket to the gateway.
+///
+/// Certificate checks stay on, as in the gateway: without the right `caFile`, an HTTPS request
+/// fails with `TransportError.Kind.tls`.
 final class HTTPClient: Sendable {
     let baseURL: String
     private let transport: CurlTransport
 
-    /// `baseURL` without a trailing slash, e.g. `http://localhost` for a Unix socket.
-    init(baseURL: String, unixSocketPath: String? = nil, requestTimeout: Duration = .seconds(60)) throws {
+    /// `baseURL` without a trailing slash, e.g. `http://localhost` for a Unix socket or
+    /// `https://127.0.0.1:8443`; `caFile` is trusted besides the system's CAs, `proxy` carries
+    /// every request.
+    init(
+        baseURL: String, unixSocketPath: String? = nil, caFile: String? = nil, proxy: String? = nil,
+        requestTimeout: Duration = .seconds(60)
+    ) throws {
         self.baseURL = baseURL
         transport = try CurlTransport(configuration: .init(
             connectTimeout: .seconds(5),
             requestTimeout: requestTimeout,
             // Enough connections that concurrent calls in a test are concurrent at the server.
             maxConcurrency: 64,
+            caFile: caFile,
+            proxy: proxy,
             unixSocketPath: unixSocketPath
         ))
     }
@@ -36,8 +47,21 @@ final class HTTPClient: Sendable {
         try await send("POST", path, headers: [("Content-Type", "application/json")] + headers, body: json.bytes)
     }
 
+    /// An `application/x-www-form-urlencoded` POST, as token requests are sent.
+    func postForm(_ path: String, fields: [(name: String, value: String)]) async throws -> HTTPResponse {
+        let body = fields.map { "\(Self.formEncoded($0.name))=\(Self.formEncoded($0.value))" }.joined(separator: "&")
+        return try await send(
+            "POST", path, headers: [("Content-Type", "application/x-www-form-urlencoded")], body: Array(body.utf8))
+    }
+
     func shutdown() {
         transport.shutdown()
+    }
+
+    /// Percent-encodes everything but RFC 3986's unreserved characters.
+    private static func formEncoded(_ text: String) -> String {
+        let unreserved = CharacterSet(charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+        return text.addingPercentEncoding(withAllowedCharacters: unreserved) ?? text
     }
 }
 

@@ -17,7 +17,7 @@ final class SimulatorProcess: Sendable {
     /// The CA the simulator's HTTPS certificate chains to; nil for plain HTTP.
     let caFile: String?
     /// Talks to this simulator (trusting `caFile`), directly.
-    let client: SimulatorClient
+    let client: HTTPClient
 
     var scheme: String { caFile == nil ? "http" : "https" }
     var baseURL: String { "\(scheme)://127.0.0.1:\(port)" }
@@ -65,7 +65,7 @@ final class SimulatorProcess: Sendable {
                 throw HarnessError("cannot read the port from '\(line)'")
             }
             self.port = port
-            client = try SimulatorClient(baseURL: "\(scheme)://127.0.0.1:\(port)", caFile: tls?.caFile)
+            client = try HTTPClient(baseURL: "\(scheme)://127.0.0.1:\(port)", caFile: tls?.caFile)
         } catch {
             await process.stop()
             throw error
@@ -164,64 +164,6 @@ final class SimulatorProcess: Sendable {
     func stop() async -> ProcessEnd? {
         client.shutdown()
         return await process.stop()
-    }
-}
-
-/// HTTP or HTTPS through the project's libcurl transport, trusting an extra CA and going through
-/// a proxy when asked: what `HTTPClient` does over TCP, plus the two settings it lacks.
-///
-/// Certificate checks stay on (as in the gateway): without the right `caFile`, an HTTPS request
-/// fails with `TransportError.Kind.tls`.
-final class SimulatorClient: Sendable {
-    let baseURL: String
-    private let transport: CurlTransport
-
-    /// `baseURL` without a trailing slash, e.g. `https://127.0.0.1:8443`.
-    init(baseURL: String, caFile: String? = nil, proxy: String? = nil, requestTimeout: Duration = .seconds(60)) throws {
-        self.baseURL = baseURL
-        transport = try CurlTransport(configuration: .init(
-            connectTimeout: .seconds(5),
-            requestTimeout: requestTimeout,
-            // Enough connections that concurrent calls in a test are concurrent at the server.
-            maxConcurrency: 64,
-            caFile: caFile,
-            proxy: proxy
-        ))
-    }
-
-    /// One request; `path` starts with `/`.
-    func send(
-        _ method: String,
-        _ path: String,
-        headers: [(name: String, value: String)] = [],
-        body: [UInt8] = []
-    ) async throws -> HTTPResponse {
-        try await transport.send(HTTPRequest(method: method, url: baseURL + path, headers: headers, body: body))
-    }
-
-    func get(_ path: String, headers: [(name: String, value: String)] = []) async throws -> HTTPResponse {
-        try await send("GET", path, headers: headers)
-    }
-
-    func post(_ path: String, json: JSON, headers: [(name: String, value: String)] = []) async throws -> HTTPResponse {
-        try await send("POST", path, headers: [("Content-Type", "application/json")] + headers, body: json.bytes)
-    }
-
-    /// An `application/x-www-form-urlencoded` POST, as token requests are sent.
-    func postForm(_ path: String, fields: [(name: String, value: String)]) async throws -> HTTPResponse {
-        let body = fields.map { "\(Self.formEncoded($0.name))=\(Self.formEncoded($0.value))" }.joined(separator: "&")
-        return try await send(
-            "POST", path, headers: [("Content-Type", "application/x-www-form-urlencoded")], body: Array(body.utf8))
-    }
-
-    func shutdown() {
-        transport.shutdown()
-    }
-
-    /// Percent-encodes everything but RFC 3986's unreserved characters.
-    private static func formEncoded(_ text: String) -> String {
-        let unreserved = CharacterSet(charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-        return text.addingPercentEncoding(withAllowedCharacters: unreserved) ?? text
     }
 }
 
