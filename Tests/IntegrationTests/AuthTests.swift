@@ -84,6 +84,20 @@ struct AuthTests {
         }
     }
 
+    @Test("an idle gateway keeps its token fresh, so the first call after a quiet spell does not wait for one")
+    func refreshWhileIdle() async throws {
+        try await withRig(simulator: ["--token-lifetime", "2"], tls: true, adjust: Self.oauth(.clientSecret)) { rig in
+            let stats = try await eventually("tokens fetched with no call asking", timeout: .seconds(60), interval: .milliseconds(100), {
+                try await rig.simulator.stats()
+            }) { $0.tokenEndpoint.granted >= 3 }
+            #expect(stats.arrivals == 0, "\(stats)")
+            #expect(stats.tokenEndpoint.maxInFlight == 1, "\(stats)")
+            let answer = try await rig.client.cancel(machineActionID())
+            #expect(answer.status == 200, "\(answer.summary)")
+            #expect(try await rig.simulator.stats().answered(401) == 0)
+        }
+    }
+
     @Test("a 401 causes one token refresh and one retry, which counts in the ledger")
     func unauthorizedRetry() async throws {
         var options = GatewayOptions()

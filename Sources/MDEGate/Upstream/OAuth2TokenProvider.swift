@@ -119,7 +119,7 @@ public final class OAuth2TokenProvider: TokenSource {
         } catch {
             outcome = .failure(error)
         }
-        let handlers = state.withLock { state -> [@Sendable () -> Void] in
+        let (handlers, nextLook) = state.withLock { state -> ([@Sendable () -> Void], Timestamp?) in
             state.fetching = false
             state.requests += 1
             switch outcome {
@@ -139,7 +139,9 @@ public final class OAuth2TokenProvider: TokenSource {
                 state.retryAt = now() + backoff
                 state.lastError = error.message
             }
-            return state.handlers
+            // A held token is refreshed at `refreshAt` even when no call asks for it (and a failed
+            // refresh is tried again), so a call after a quiet hour does not wait for a token.
+            return (state.handlers, state.token == nil ? nil : state.retryAt ?? state.refreshAt)
         }
         switch outcome {
         case .success(let grant):
@@ -149,7 +151,19 @@ public final class OAuth2TokenProvider: TokenSource {
         case .failure(let error):
             logger.error("could not get an access token; retrying", metadata: ["problem": "\(error.message)"])
         }
+        if let nextLook {
+            Task { [weak self] in
+                guard let wait = self.map({ nextLook - $0.now() }) else { return }
+                try? await Task.sleep(for: max(.zero, wait))
+                self?.refreshIfDue()
+            }
+        }
         for handler in handlers { handler() }
+    }
+
+    /// Starts a background refresh if the held token is due for one; a no-op otherwise.
+    private func refreshIfDue() {
+        _ = token(at: now())
     }
 
     private func fetch(at time: Timestamp) async throws(TokenError) -> (token: String, lifetime: Duration) {
