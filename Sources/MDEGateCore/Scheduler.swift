@@ -142,7 +142,7 @@ public struct Scheduler: Sendable {
     ) -> Admission {
         guard pendingRequests < maxPending else { return .queueFull }
         pendingRequests += 1
-        let key = machineActionID.lowercased()
+        let key = Self.key(machineActionID)
         if let leader = jobOfMachineAction[key] {
             jobs[leader]!.members.append(request)
             jobOfRequest[request] = leader
@@ -175,7 +175,7 @@ public struct Scheduler: Sendable {
         if job.state == .sending { job.state = .queued }
         jobs[job.id] = job
         for member in job.members { jobOfRequest[member] = job.id }
-        jobOfMachineAction[job.machineActionID.lowercased()] = job.id
+        jobOfMachineAction[Self.key(job.machineActionID)] = job.id
         pendingRequests += job.members.count
         switch job.state {
         case .queued, .sending: enqueue(job.id, of: job.client, atHead: false)
@@ -359,10 +359,17 @@ public struct Scheduler: Sendable {
         return .finished(members: job.members, attempts: job.attempts)
     }
 
+    /// The id as `jobOfMachineAction` knows it: lowercased, sharing the id's own storage when it
+    /// is lowercase already (as most tools send it), so 100,000 queued jobs hold no second copy.
+    private static func key(_ machineActionID: String) -> String {
+        let lowered = machineActionID.lowercased()
+        return lowered == machineActionID ? machineActionID : lowered
+    }
+
     private mutating func removeJob(_ job: Job) {
         jobs[job.id] = nil
         for member in job.members { jobOfRequest[member] = nil }
-        let key = job.machineActionID.lowercased()
+        let key = Self.key(job.machineActionID)
         if jobOfMachineAction[key] == job.id { jobOfMachineAction[key] = nil }
     }
 
