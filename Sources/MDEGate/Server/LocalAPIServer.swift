@@ -143,10 +143,12 @@ public struct LocalAPIServer: Service {
                         headers.replaceOrAdd(name: "Content-Length", value: String(response.body.count))
                         let keepAlive = requestHead.isKeepAlive
                         if !keepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }
-                        try await outbound.write(
-                            .head(HTTPResponseHead(version: requestHead.version, status: .init(statusCode: response.status), headers: headers)))
-                        try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: response.body))))
-                        try await outbound.write(.end(nil))
+                        // One hand-over to the event loop (and one flush) for the whole answer.
+                        try await outbound.write(contentsOf: [
+                            .head(HTTPResponseHead(version: requestHead.version, status: .init(statusCode: response.status), headers: headers)),
+                            .body(.byteBuffer(ByteBuffer(bytes: response.body))),
+                            .end(nil),
+                        ])
                         head = nil
                         if !keepAlive { return }
                     }
