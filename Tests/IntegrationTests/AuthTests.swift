@@ -56,7 +56,7 @@ struct AuthTests {
     func singleFlight() async throws {
         try await withRig(tls: true, adjust: { simulator, pki, options in
             // A slow login host: every caller arrives while the first token is still on its way.
-            try await simulator.setTokenDelay(.milliseconds(700))
+            try await simulator.setTokenDelay(.seconds(2))
             return try await Self.oauth(.clientSecret)(simulator, pki, options)
         }) { rig in
             let answers = try await withThrowingTaskGroup(of: Int.self) { group in
