@@ -105,6 +105,8 @@ public struct Scheduler: Sendable {
 
     private var jobs: [RequestID: Job] = [:]
     /// Which job a request belongs to.
+    /// Only for requests that joined another's job: a job's id is the id of the request that
+    /// created it, so the usual single-request job needs no entry (see `jobID(of:)`).
     private var jobOfRequest: [RequestID: RequestID] = [:]
     /// The unfinished job for each machine action id (lowercased: GUIDs compare case-insensitively).
     private var jobOfMachineAction: [String: RequestID] = [:]
@@ -152,7 +154,6 @@ public struct Scheduler: Sendable {
             id: request, machineActionID: machineActionID, client: client,
             members: [request], state: .queued, attempts: 0, failures: 0)
         jobs[request] = job
-        jobOfRequest[request] = request
         jobOfMachineAction[key] = request
         enqueue(request, of: client, atHead: false)
         return .queued
@@ -163,7 +164,7 @@ public struct Scheduler: Sendable {
     public mutating func restore(_ recovered: [Job]) {
         let requests = recovered.reduce(0) { $0 + $1.members.count }
         jobs.reserveCapacity(jobs.count + recovered.count)
-        jobOfRequest.reserveCapacity(jobOfRequest.count + requests)
+        jobOfRequest.reserveCapacity(jobOfRequest.count + requests - recovered.count)
         jobOfMachineAction.reserveCapacity(jobOfMachineAction.count + recovered.count)
         for job in recovered { restore(job) }
     }
@@ -174,7 +175,7 @@ public struct Scheduler: Sendable {
         var job = job
         if job.state == .sending { job.state = .queued }
         jobs[job.id] = job
-        for member in job.members { jobOfRequest[member] = job.id }
+        for member in job.members where member != job.id { jobOfRequest[member] = job.id }
         jobOfMachineAction[Self.key(job.machineActionID)] = job.id
         pendingRequests += job.members.count
         switch job.state {
@@ -185,7 +186,7 @@ public struct Scheduler: Sendable {
 
     /// Withdraws a request that has not been sent. Once its job made an attempt, it is too late.
     public mutating func withdraw(_ request: RequestID) -> Withdrawal {
-        guard let jobID = jobOfRequest[request], var job = jobs[jobID] else { return .notPending }
+        guard let jobID = jobID(of: request), var job = jobs[jobID] else { return .notPending }
         guard job.attempts == 0, job.state == .queued else { return .alreadySent }
         job.members.removeAll { $0 == request }
         jobOfRequest[request] = nil
@@ -310,7 +311,7 @@ public struct Scheduler: Sendable {
 
     /// The job a request belongs to, while it is unfinished.
     public func job(of request: RequestID) -> Job? {
-        jobOfRequest[request].flatMap { jobs[$0] }
+        jobID(of: request).flatMap { jobs[$0] }
     }
 
     /// Queued jobs per client, in rotation order (the next client served first).
@@ -364,6 +365,14 @@ public struct Scheduler: Sendable {
     private static func key(_ machineActionID: String) -> String {
         let lowered = machineActionID.lowercased()
         return lowered == machineActionID ? machineActionID : lowered
+    }
+
+    /// The job `request` belongs to while it is unfinished: its own, or the one it joined. A
+    /// withdrawn leader is no member of the job that keeps its id.
+    private func jobID(of request: RequestID) -> RequestID? {
+        if let leader = jobOfRequest[request] { return leader }
+        guard let job = jobs[request], job.members.contains(request) else { return nil }
+        return request
     }
 
     private mutating func removeJob(_ job: Job) {
