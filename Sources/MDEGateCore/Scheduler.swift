@@ -103,7 +103,7 @@ public struct Scheduler: Sendable {
     /// The pause used when a 429 carries no `Retry-After`.
     public static let defaultThrottlePause: Duration = .seconds(60)
 
-    private var jobs: [RequestID: Job] = [:]
+    private var jobs = SlotTable<Job>()
     /// Which job a request belongs to.
     /// Only for requests that joined another's job: a job's id is the id of the request that
     /// created it, so the usual single-request job needs no entry (see `jobID(of:)`).

@@ -48,7 +48,7 @@ public actor Gateway {
 
     private var settings: Settings
     private var scheduler: Scheduler
-    private var records: [RequestID: RequestRecord] = [:]
+    private var records = SlotTable<RequestRecord>()
     private var waiters: [RequestID: [Int: CheckedContinuation<RequestRecord, Never>]] = [:]
     private var nextWaiterID = 0
     private let store: any GatewayStore
@@ -504,7 +504,7 @@ struct UnsavedChanges {
     }
 
     /// The changes that bring the store up to date with the gateway's state now, and forgets them.
-    mutating func takeChanges(records current: [RequestID: RequestRecord], pausedUntil: Timestamp?) -> [StoreChange] {
+    mutating func takeChanges(records current: SlotTable<RequestRecord>, pausedUntil: Timestamp?) -> [StoreChange] {
         var changes = attempts
         for id in records { changes.append(current[id].map(StoreChange.record) ?? .forget(id)) }
         if pause { changes.append(.pause(until: pausedUntil)) }
