@@ -98,6 +98,30 @@ struct AuthTests {
         }
     }
 
+    @Test("a reload that leaves upstream and auth alone keeps the token: no new token request, calls go on")
+    func reloadKeepsToken() async throws {
+        var options = GatewayOptions()
+        options.limits = ["100/1h"]
+        try await withRig(gateway: options, tls: true, adjust: Self.oauth(.clientSecret)) { rig in
+            #expect(try await rig.client.cancel(machineActionID()).status == 200)
+            // The token endpoint is down from now on: a reload that dropped the token would stop calls.
+            try await rig.simulator.setTokenOutage(.serviceUnavailable)
+            var changed = options
+            changed.caFile = try #require(rig.pki).caFile
+            changed.credential = .clientSecret
+            changed.limits = ["90/1h"]
+            try rig.directory.write(changed.yaml(directory: rig.directory, upstream: rig.simulator.baseURL), to: "config.yaml")
+            rig.gateway.process.send(SIGHUP)
+            _ = try await eventually("the new limits in /v1/status", { try await rig.client.status() }) {
+                $0["limits"]?[0]?["spec"]?.string == "90/1h"
+            }
+            let answer = try await rig.client.cancel(machineActionID())
+            #expect(answer.status == 200, "\(answer.summary)")
+            let stats = try await rig.simulator.stats()
+            #expect(stats.tokenRequests == 1, "\(stats)")
+        }
+    }
+
     @Test("a 401 causes one token refresh and one retry, which counts in the ledger")
     func unauthorizedRetry() async throws {
         var options = GatewayOptions()

@@ -24,9 +24,9 @@ struct ConfigReloader: Service {
     /// What the reloader replaced last: the configuration in force and its transport, whose
     /// owner (the daemon) shuts it down at exit.
     final class Running: Sendable {
-        let state: LockedState<(configuration: GatewayConfiguration, transport: CurlTransport)>
-        init(configuration: GatewayConfiguration, transport: CurlTransport) {
-            state = LockedState((configuration, transport))
+        let state: LockedState<(configuration: GatewayConfiguration, transport: CurlTransport, tokens: any TokenSource)>
+        init(configuration: GatewayConfiguration, transport: CurlTransport, tokens: any TokenSource) {
+            state = LockedState((configuration, transport, tokens))
         }
         var transport: CurlTransport { state.withLock { $0.transport } }
     }
@@ -53,29 +53,40 @@ struct ConfigReloader: Service {
         for warning in loaded.warnings {
             logger.warning("configuration: \(warning)", metadata: ["config": "\(configPath)"])
         }
-        let old = running.state.withLock { $0.configuration }
+        let (old, oldTransport, oldTokens) = running.state.withLock { ($0.configuration, $0.transport, $0.tokens) }
         let (configuration, needsRestart) = old.applyingReload(loaded.configuration)
         for key in needsRestart {
             logger.warning("\(key.rawValue) changed; it keeps its old value until a restart")
         }
+        // Unchanged upstream and auth settings keep their transport and token source: a reload
+        // for the log level or the limits must not drop a valid token (and, during a login
+        // outage, stop all dispatch until a new one can be had).
         let transport: CurlTransport
-        do {
-            transport = try CurlTransport(configuration: .init(configuration.upstream), logger: Logger(label: "mdegate.transport"))
-        } catch {
-            logger.error(
-                "the new upstream settings were refused; the running configuration stays",
-                metadata: ["problem": "\(error)"])
-            return
+        if configuration.upstream == old.upstream {
+            transport = oldTransport
+        } else {
+            do {
+                transport = try CurlTransport(configuration: .init(configuration.upstream), logger: Logger(label: "mdegate.transport"))
+            } catch {
+                logger.error(
+                    "the new upstream settings were refused; the running configuration stays",
+                    metadata: ["problem": "\(error)"])
+                return
+            }
         }
         let tokens: any TokenSource
-        do {
-            tokens = try configuration.auth.makeTokenSource(transport: transport, logger: Logger(label: "mdegate.auth"))
-        } catch {
-            transport.shutdown()
-            logger.error(
-                "the new auth settings were refused; the running configuration stays",
-                metadata: ["problem": "\(error)"])
-            return
+        if configuration.auth == old.auth, transport === oldTransport {
+            tokens = oldTokens
+        } else {
+            do {
+                tokens = try configuration.auth.makeTokenSource(transport: transport, logger: Logger(label: "mdegate.auth"))
+            } catch {
+                if transport !== oldTransport { transport.shutdown() }
+                logger.error(
+                    "the new auth settings were refused; the running configuration stays",
+                    metadata: ["problem": "\(error)"])
+                return
+            }
         }
         await gateway.reconfigure(
             settings: Gateway.Settings(configuration),
@@ -83,7 +94,7 @@ struct ConfigReloader: Service {
             tokens: tokens)
         // Attempts still in flight on the old transport hold their own reference to it; its
         // thread ends once they are done and it is released.
-        running.state.withLock { $0 = (configuration, transport) }
+        running.state.withLock { $0 = (configuration, transport, tokens) }
         if configuration.log.level != old.log.level {
             logLevel.level = configuration.log.level
             logger.notice("log.level is now \(configuration.log.level.rawValue)")

@@ -9,7 +9,7 @@ import MDEGateTransport
 /// The dispatch path asks for the token synchronously before it spends a slot, so a source
 /// answers from what it holds and fetches in the background; when a fetch ends it calls the
 /// handler given to `onChange`, and the gateway looks again.
-public protocol TokenSource: Sendable {
+public protocol TokenSource: AnyObject, Sendable {
     /// `token_file`, `client_secret` or `client_certificate`, for `/v1/status`.
     var mode: String { get }
     /// The token to send now, or what stands in the way (never the token or a secret).
