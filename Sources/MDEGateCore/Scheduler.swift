@@ -89,6 +89,9 @@ public struct Scheduler: Sendable {
         case retrying(at: Timestamp, attempts: Int)
         /// A 429: the whole gateway pauses until `until`, and the job is back at its queue's head.
         case throttled(until: Timestamp)
+        /// The attempt was not sent: dispatch pauses until `until` and the job is back at its
+        /// queue's head, without using a retry (the slot it took stays spent).
+        case notSent(until: Timestamp)
         /// A first 401: the token was refused. The job is back at its queue's head, to be sent
         /// once more with a new token; the refused attempt counts like any other.
         case reauthorizing
@@ -102,6 +105,9 @@ public struct Scheduler: Sendable {
     public private(set) var pausedUntil: Timestamp?
     /// The pause used when a 429 carries no `Retry-After`.
     public static let defaultThrottlePause: Duration = .seconds(60)
+    /// The pause after an attempt could not be recorded (the state store failed): short, so
+    /// dispatch resumes soon after the store does, and slots are not spent at full rate meanwhile.
+    public static let notSentPause: Duration = .seconds(1)
 
     private var jobs = SlotTable<Job>()
     /// Which job a request belongs to.
@@ -272,6 +278,13 @@ public struct Scheduler: Sendable {
             jobs[jobID] = job
             enqueue(jobID, of: job.client, atHead: true)
             return .throttled(until: pausedUntil!)
+        case .notSent:
+            let until = now + Self.notSentPause
+            pausedUntil = max(pausedUntil ?? until, until)
+            job.state = .queued
+            jobs[jobID] = job
+            enqueue(jobID, of: job.client, atHead: true)
+            return .notSent(until: pausedUntil!)
         case .answered(status: 401, _) where !job.reauthorized:
             job.reauthorized = true
             job.state = .queued

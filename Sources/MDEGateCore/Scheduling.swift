@@ -51,4 +51,6 @@ public enum AttemptOutcome: Sendable, Equatable {
     case answered(status: Int, retryAfter: Duration?)
     /// No answer: timeout, connection error, TLS failure.
     case unanswered
+    /// The attempt never left: it could not be recorded durably. Its slot stays spent.
+    case notSent
 }

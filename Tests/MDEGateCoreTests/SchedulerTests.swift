@@ -137,6 +137,24 @@ struct SchedulerTests {
         #expect(scheduler.ledger.used(Limit(calls: 100, window: .seconds(60)), at: at(2)) == 2)
     }
 
+    @Test("an attempt that could not be recorded pauses dispatch a second and goes back first in line, without using a retry")
+    func notSent() {
+        var scheduler = makeScheduler(maxAttempts: 1)
+        _ = scheduler.submit("r1", machineActionID: guid(1), client: alice)
+        _ = scheduler.submit("r2", machineActionID: guid(2), client: alice)
+        _ = scheduler.nextDispatch(at: at(0))
+        let resolution = scheduler.finish("r1", outcome: .notSent, at: at(0), jitter: 0)
+        #expect(resolution == .notSent(until: at(1)))
+        let paused = scheduler.nextDispatch(at: at(0.5))
+        #expect(paused == nil)
+        let again = scheduler.nextDispatch(at: at(1))!
+        #expect(again.job == "r1")
+        #expect(again.attempt == 2, "the slot the unsent attempt took stays spent")
+        // max_attempts is 1, and the unsent attempt did not use it: a 503 now is final.
+        let final = scheduler.finish("r1", outcome: .answered(status: 503, retryAfter: nil), at: at(2), jitter: 0)
+        #expect(final == .finished(members: ["r1"], attempts: 2))
+    }
+
     @Test("a 429 without Retry-After pauses for 60 seconds")
     func throttlingDefault() {
         var scheduler = makeScheduler()

@@ -85,6 +85,16 @@ actor FlakyStore: GatewayStore {
     func load() async throws -> StoredState { try await inner.load() }
 }
 
+/// Polls `condition` every 50 ms for up to 10 s.
+func eventuallyTrue(_ what: String, _ condition: () async throws -> Bool) async throws -> Bool {
+    for _ in 0..<200 {
+        if try await condition() { return true }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    Issue.record("gave up waiting for \(what)")
+    return false
+}
+
 @Suite("Writes that fail")
 struct FailedWriteTests {
     @Test("a change whose write failed is written with the next batch, in its newest state, and a failed admission is refused")
@@ -104,8 +114,12 @@ struct FailedWriteTests {
             return
         }
 
+        // A synchronous caller waiting for the first request.
+        let waiter = Task { await gateway.awaitFinal(first.id, timeout: nil) }
+        _ = try await eventuallyTrue("the caller waiting") { await gateway.waiterCount(for: first.id) == 1 }
         await store.setFailing(true)
         await #expect(throws: StoreError.self) { try await gateway.withdraw(first.id) }
+        #expect(await waiter.value?.state == .withdrawn, "the waiter is answered although the write failed")
         await #expect(throws: StoreError.self) {
             try await gateway.submit(machineActionID: "988cc94e-7a8f-4b28-ab65-000000000002", comment: "b", client: client)
         }
@@ -113,6 +127,8 @@ struct FailedWriteTests {
         #expect(try await store.load().records.map(\.state) == [.queued], "nothing was written while failing")
 
         await store.setFailing(false)
+        // Written again on its own a second later, with no other change to carry it.
+        _ = try await eventuallyTrue("the withdrawal written") { try await store.load().records.first?.state == .withdrawn }
         guard case .accepted(let third) = try await gateway.submit(
             machineActionID: "988cc94e-7a8f-4b28-ab65-000000000003", comment: "c", client: client)
         else {

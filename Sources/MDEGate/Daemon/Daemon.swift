@@ -46,7 +46,7 @@ public enum Daemon {
             transport.shutdown()
             throw DaemonError("\(error)")
         }
-        let running = ConfigReloader.Running(configuration: configuration, transport: transport)
+        let running = ConfigReloader.Running(configuration: configuration, transport: transport, tokens: tokens)
         defer { running.transport.shutdown() }
         let store = try SQLiteStore(path: configuration.state.path, logger: Logger(label: "mdegate.store"))
 
@@ -95,6 +95,7 @@ public enum Daemon {
         serviceConfiguration.maximumCancellationDuration = .seconds(2)
         let services = ServiceGroup(configuration: serviceConfiguration)
         try await services.run()
+        await gateway.flushUnsaved()
         try? await store.close()
         logger.notice("mdegate stopped")
     }

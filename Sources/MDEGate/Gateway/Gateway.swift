@@ -64,6 +64,7 @@ public actor Gateway {
     private var lastUpstreamError: String?
     /// What a failed write left out of the store, written again ahead of the next batch.
     private var unsaved = UnsavedChanges()
+    private var flushScheduled = false
 
     public init(
         settings: Settings,
@@ -158,8 +159,8 @@ public actor Gateway {
     public func reconfigure(settings: Settings, upstream: UpstreamClient, tokens: any TokenSource) {
         self.settings = settings
         self.upstream = upstream
+        if tokens !== self.tokens { watch(tokens) }
         self.tokens = tokens
-        watch(tokens)
         scheduler.reconfigure(
             limits: settings.limits, guardBand: settings.guardBand, retryPolicy: settings.retryPolicy,
             maxConcurrency: settings.maxConcurrency, maxPending: settings.maxPending)
@@ -222,6 +223,11 @@ public actor Gateway {
         }
     }
 
+    /// Callers waiting for `id` to be final, for tests.
+    func waiterCount(for id: RequestID) -> Int {
+        waiters[id]?.count ?? 0
+    }
+
     private func expireWaiter(_ id: RequestID, _ waiterID: Int) {
         guard let continuation = waiters[id]?.removeValue(forKey: waiterID), let record = records[id] else { return }
         continuation.resume(returning: record)
@@ -244,11 +250,14 @@ public actor Gateway {
             record.state = .withdrawn
             record.completedAt = now()
             records[id] = record
-            // A failed write is kept and written again with the next change; the caller hears of it.
+            // A failed write is kept and written again shortly; the caller hears of it. Either
+            // way the request is withdrawn here, so its waiters are answered now.
+            defer {
+                resumeWaiters(of: id)
+                pump()
+            }
             try await persist([.record(record)])
             logger.info("request withdrawn", metadata: ["request": "\(id)"])
-            resumeWaiters(of: id)
-            pump()
             return .withdrawn(document(for: record))
         }
     }
@@ -322,16 +331,27 @@ public actor Gateway {
             do {
                 try await self.persist(changes)
             } catch {
-                self.logger.error("could not store an attempt; not sending it", metadata: ["error": "\(error)"])
-                await self.finish(
-                    dispatch, token: token,
-                    result: .failure(TransportError(kind: .other, message: "not sent: the attempt could not be stored")))
+                await self.notSent(dispatch, error: error)
                 return
             }
             self.departs(dispatchedAt: time)
             let result = await upstream.cancel(machineActionID: dispatch.machineActionID, comment: comment, token: token)
             await self.finish(dispatch, token: token, result: result)
         }
+    }
+
+    /// The attempt could not be stored, so it was not sent: the job goes back to the head of its
+    /// queue without using a retry, and dispatch pauses a moment (the state store is failing;
+    /// sending on would spend the quota on calls that could not be recorded).
+    private func notSent(_ dispatch: Scheduler.Dispatch, error: any Error) async {
+        let members = scheduler.job(of: dispatch.job)?.members ?? dispatch.members
+        let resolution = scheduler.finish(dispatch.job, outcome: .notSent, at: now(), jitter: 0)
+        logger.error(
+            "could not store an attempt, so it was not sent; dispatch pauses until the state can be written",
+            metadata: ["request": "\(dispatch.job)", "error": "\(error)", "resolution": "\(resolution)"])
+        let changes = requeue(members, lastError: "not sent yet: the state could not be written (\(error))")
+        try? await persist(changes)
+        pump()
     }
 
     /// The attempt leaves now, a little after its slot was taken (storing it took time): the
@@ -391,10 +411,13 @@ public actor Gateway {
                     "attempts": "\(attempts)", "retryAt": "\(JSON.timestamp(at))",
                 ].merging(failure.map { ["error": "\($0)"] } ?? [:]) { $1 })
             changes += requeue(members, lastError: failure)
+        case .notSent:
+            // Only `notSent(_:error:)` reports this outcome.
+            changes += requeue(members, lastError: nil)
         case .reauthorizing:
             // Fetch a new token (or look at the token file again) and send once more.
             logger.notice(
-                "upstream answered 401: the access token was refused; sending once more with a new one",
+                "upstream answered 401: the access token was refused; sending once more after getting a token again",
                 metadata: ["request": "\(dispatch.job)"])
             tokens.rejected(token)
             changes += requeue(members, lastError: nil)
@@ -479,7 +502,28 @@ public actor Gateway {
             try await store.apply(batch)
         } catch {
             unsaved.remember(batch)
+            scheduleFlush()
             throw error
+        }
+    }
+
+    /// Tries again a second after a failed write, until the store takes the changes.
+    private func scheduleFlush() {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        eventLoop.scheduleTask(in: .seconds(1)) { Task { await self.flushUnsaved() } }
+    }
+
+    /// Writes what failed writes left out, if anything: a second after a failure, and at
+    /// shutdown before the store closes.
+    public func flushUnsaved() async {
+        flushScheduled = false
+        guard !unsaved.isEmpty else { return }
+        do {
+            try await persist([])
+            logger.notice("the state store took the changes an earlier failed write left out")
+        } catch {
+            // `persist` remembered them again and scheduled the next try.
         }
     }
 }
