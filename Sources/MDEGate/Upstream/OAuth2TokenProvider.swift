@@ -119,7 +119,8 @@ public final class OAuth2TokenProvider: TokenSource {
         } catch {
             outcome = .failure(error)
         }
-        let (handlers, nextLook) = state.withLock { state -> ([@Sendable () -> Void], Timestamp?) in
+        let (handlers, nextLook, repeated) = state.withLock { state -> ([@Sendable () -> Void], Timestamp?, Bool) in
+            let previousError = state.lastError
             state.fetching = false
             state.requests += 1
             switch outcome {
@@ -139,9 +140,11 @@ public final class OAuth2TokenProvider: TokenSource {
                 state.retryAt = now() + backoff
                 state.lastError = error.message
             }
-            // A held token is refreshed at `refreshAt` even when no call asks for it (and a failed
-            // refresh is tried again), so a call after a quiet hour does not wait for a token.
-            return (state.handlers, state.token == nil ? nil : state.retryAt ?? state.refreshAt)
+            // A held token is refreshed at `refreshAt` even when no call asks for it, and a failed
+            // request is tried again on its own, so a call after a quiet hour does not wait for a
+            // token and status shows a fixed secret working without a call to prove it.
+            let repeated = state.lastError != nil && state.lastError == previousError
+            return (state.handlers, state.retryAt ?? state.refreshAt, repeated)
         }
         switch outcome {
         case .success(let grant):
@@ -149,12 +152,17 @@ public final class OAuth2TokenProvider: TokenSource {
                 "access token obtained",
                 metadata: ["tokenURL": "\(tokenURL)", "expiresIn": "\(grant.lifetime)", "credential": "\(mode)"])
         case .failure(let error):
-            logger.error("could not get an access token; retrying", metadata: ["problem": "\(error.message)"])
+            // The same problem again (every 10 s while it lasts) is not news.
+            logger.log(
+                level: repeated ? .debug : .error, "could not get an access token; retrying",
+                metadata: ["problem": "\(error.message)"])
         }
         if let nextLook {
             Task { [weak self] in
                 guard let wait = self.map({ nextLook - $0.now() }) else { return }
-                try? await Task.sleep(for: max(.zero, wait))
+                // A little late rather than early: the sleep's clock is not the wall clock the
+                // due time is on, and waking early would find nothing due and end the chain.
+                try? await Task.sleep(for: max(.zero, wait) + .milliseconds(20))
                 self?.refreshIfDue()
             }
         }
