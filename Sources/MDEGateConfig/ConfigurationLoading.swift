@@ -200,8 +200,9 @@ struct SettingsReader {
         configuration.auth = auth
     }
 
-    /// Exactly one way to get a token must be configured. The daemon implements the token file
-    /// first; complete OAuth2 settings are accepted here and the daemon says when it cannot use them.
+    /// Exactly one way to get a token must be configured: a token file, or OAuth2 client
+    /// credentials with a secret or a certificate. Whether the files can be read is checked by
+    /// the daemon (and `mdegate check-config`), which reads them.
     private mutating func checkCredentials(_ auth: inout GatewayConfiguration.Auth) {
         let oauthKeys: [(ConfigurationKey, String?)] = [
             (.authTenantID, auth.tenantID), (.authClientID, auth.clientID),

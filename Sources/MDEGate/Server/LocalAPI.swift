@@ -127,7 +127,7 @@ public struct LocalAPI: Sendable {
             }
         } catch {
             return reject(
-                503, "QueueFull", "the request could not be stored: \(error)", headers: [("Retry-After", "5")])
+                503, "StoreUnavailable", "the request could not be stored: \(error)", headers: [("Retry-After", "5")])
         }
 
         if prefer.respondAsync {

@@ -44,7 +44,7 @@ public struct ClientAssertionSigner: Sendable {
             key = try _RSA.Signing.PrivateKey(pemRepresentation: keyPEM)
         } catch {
             // The key's text is never part of a message.
-            throw TokenError(message: "auth.client_key_file \(keyFile) is not an unencrypted RSA private key in PEM (PKCS#1 or PKCS#8); the identity platform takes RSA certificates only")
+            throw TokenError(message: "auth.client_key_file \(keyFile) is not an unencrypted RSA private key of at least 2048 bits in PEM (PKCS#1 or PKCS#8); the identity platform takes RSA certificates only")
         }
         guard Certificate.PublicKey(key.publicKey) == certificate.publicKey else {
             throw TokenError(message: "auth.client_key_file \(keyFile) does not belong to the certificate in auth.client_certificate_file \(certificateFile)")
