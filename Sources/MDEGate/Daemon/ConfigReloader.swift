@@ -8,8 +8,9 @@ import UnixSignals
 ///
 /// A new file is checked in full before anything changes: an invalid one is refused, logged with
 /// the keys that are wrong, and the running configuration stays. Limits, guard, retries, queue
-/// bound, upstream (a new transport), auth and log level apply at once; `socket.*` and `state.path` keep
-/// their values until a restart, and the log says so.
+/// bound, upstream (a new transport), auth (a new token source) and log level apply at once;
+/// unchanged upstream and auth settings keep their transport and token. `socket.*` and
+/// `state.path` keep their values until a restart, and the log says so.
 struct ConfigReloader: Service {
     /// Created before anything else runs: a SIGHUP that arrives before the handler exists would
     /// end the process (the signal's default action).

@@ -62,7 +62,8 @@ public actor Gateway {
     private var lastPurge = Timestamp.zero
     private var lastUpstreamStatus: Int?
     private var lastUpstreamError: String?
-    /// What a failed write left out of the store, written again ahead of the next batch.
+    /// What a failed write left out of the store, written again a second later or ahead of the
+    /// next batch, whichever comes first.
     private var unsaved = UnsavedChanges()
     private var flushScheduled = false
 
@@ -326,8 +327,7 @@ public actor Gateway {
         let upstream = self.upstream
         Task {
             // The ledger entry is stored before the call leaves, so a crash never forgets it. If
-            // it cannot be stored, the call does not leave: its slot stays spent (the attempt is
-            // written later), and the request is retried like one that got no answer.
+            // it cannot be stored, the call does not leave (see `notSent`).
             do {
                 try await self.persist(changes)
             } catch {
@@ -345,10 +345,10 @@ public actor Gateway {
     /// sending on would spend the quota on calls that could not be recorded).
     private func notSent(_ dispatch: Scheduler.Dispatch, error: any Error) async {
         let members = scheduler.job(of: dispatch.job)?.members ?? dispatch.members
-        let resolution = scheduler.finish(dispatch.job, outcome: .notSent, at: now(), jitter: 0)
+        _ = scheduler.finish(dispatch.job, outcome: .notSent, at: now(), jitter: 0)
         logger.error(
-            "could not store an attempt, so it was not sent; dispatch pauses until the state can be written",
-            metadata: ["request": "\(dispatch.job)", "error": "\(error)", "resolution": "\(resolution)"])
+            "could not store an attempt, so it was not sent; dispatch pauses a second at a time until the state can be written",
+            metadata: ["request": "\(dispatch.job)", "error": "\(error)"])
         let changes = requeue(members, lastError: "not sent yet: the state could not be written (\(error))")
         try? await persist(changes)
         pump()
@@ -431,7 +431,7 @@ public actor Gateway {
         do {
             try await persist(changes)
         } catch {
-            logger.error("could not store an outcome; it is written again with the next change", metadata: ["error": "\(error)"])
+            logger.error("could not store an outcome; it is written again within a second", metadata: ["error": "\(error)"])
         }
         if case .finished(let finishedMembers, _) = resolution {
             for member in finishedMembers { resumeWaiters(of: member) }

@@ -42,8 +42,6 @@ public final class OAuth2TokenProvider: TokenSource {
         var retryAt: Timestamp?
         var lastError: String?
         var handlers: [@Sendable () -> Void] = []
-        /// Token requests made, for tests and the log.
-        var requests = 0
     }
     private let state = LockedState(State())
 
@@ -105,9 +103,6 @@ public final class OAuth2TokenProvider: TokenSource {
         }
     }
 
-    /// How many token requests were made so far.
-    var requestCount: Int { state.withLock { $0.requests } }
-
     // MARK: Fetching
 
     /// The one token request in flight: its outcome updates the cache, then wakes the gateway.
@@ -122,7 +117,6 @@ public final class OAuth2TokenProvider: TokenSource {
         let (handlers, nextLook, repeated) = state.withLock { state -> ([@Sendable () -> Void], Timestamp?, Bool) in
             let previousError = state.lastError
             state.fetching = false
-            state.requests += 1
             switch outcome {
             case .success(let grant):
                 // Refresh at half the lifetime for short tokens, five minutes ahead for the
