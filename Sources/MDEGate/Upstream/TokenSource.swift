@@ -14,7 +14,8 @@ public protocol TokenSource: AnyObject, Sendable {
     var mode: String { get }
     /// The token to send now, or what stands in the way (never the token or a secret).
     func token(at now: Timestamp) -> Result<String, TokenError>
-    /// The upstream answered 401 to `token`: do not hand it out again.
+    /// The upstream answered 401 to `token`: get a new one (OAuth2 fetches one; a token file is
+    /// read again, and may still hold the same).
     func rejected(_ token: String)
     /// When the token in hand expires, if the source knows.
     var tokenExpiresAt: Timestamp? { get }
