@@ -39,27 +39,14 @@ extension GatewayConfiguration.Auth {
     /// secret file is readable and not empty, the key belongs to the certificate), so a daemon
     /// refuses to start, or a reload is refused, with a message that names the file.
     public func makeTokenSource(transport: CurlTransport, logger: Logger) throws(TokenError) -> any TokenSource {
-        switch method {
-        case .tokenFile(let path):
-            return TokenFileProvider(path: path)
-        case .clientSecret(_, let clientID, let secretFile):
-            _ = try OAuth2TokenProvider.readSecret(secretFile)
-            return OAuth2TokenProvider(
-                tokenURL: tokenURL, clientID: clientID, scope: scope, credential: .secretFile(secretFile),
-                transport: transport, logger: logger)
-        case .clientCertificate(_, let clientID, let certificateFile, let keyFile):
-            let signer = try ClientAssertionSigner(certificateFile: certificateFile, keyFile: keyFile, clientID: clientID)
-            if signer.notValidAfter < Date() {
-                logger.warning(
-                    "the client certificate has expired; the identity platform will refuse it",
-                    metadata: ["file": "\(certificateFile)", "notValidAfter": "\(signer.notValidAfter)"])
-            }
-            return OAuth2TokenProvider(
-                tokenURL: tokenURL, clientID: clientID, scope: scope, credential: .certificate(signer),
-                transport: transport, logger: logger)
-        case nil:
+        if case .tokenFile(let path) = method { return TokenFileProvider(path: path) }
+        guard let oauth = try checkedOAuthCredential() else {
             throw TokenError(message: "auth: no credentials are configured")
         }
+        for note in oauth.notes { logger.warning("\(note)") }
+        return OAuth2TokenProvider(
+            tokenURL: tokenURL, clientID: oauth.clientID, scope: scope, credential: oauth.credential,
+            transport: transport, logger: logger)
     }
 
     /// Reads and checks the credentials as `serve` will (`mdegate check-config`): the client
@@ -67,16 +54,26 @@ extension GatewayConfiguration.Auth {
     /// certificate. A token file is not checked: another tool may not have written it yet.
     /// Returns notes for the operator (an expired certificate); throws what would stop `serve`.
     public func checkCredentials() throws(TokenError) -> [String] {
+        try checkedOAuthCredential()?.notes ?? []
+    }
+
+    /// The OAuth2 credential these settings name, read and checked, with notes for the operator;
+    /// nil for a token file (or no credentials).
+    private func checkedOAuthCredential() throws(TokenError)
+        -> (clientID: String, credential: OAuth2TokenProvider.Credential, notes: [String])?
+    {
         switch method {
         case .tokenFile, nil:
-            return []
-        case .clientSecret(_, _, let secretFile):
+            return nil
+        case .clientSecret(_, let clientID, let secretFile):
             _ = try OAuth2TokenProvider.readSecret(secretFile)
-            return []
+            return (clientID, .secretFile(secretFile), [])
         case .clientCertificate(_, let clientID, let certificateFile, let keyFile):
             let signer = try ClientAssertionSigner(certificateFile: certificateFile, keyFile: keyFile, clientID: clientID)
-            guard signer.notValidAfter < Date() else { return [] }
-            return ["the client certificate \(certificateFile) expired on \(signer.notValidAfter); the identity platform will refuse it"]
+            let notes = signer.notValidAfter < Date()
+                ? ["the client certificate \(certificateFile) expired on \(signer.notValidAfter); the identity platform will refuse it"]
+                : []
+            return (clientID, .certificate(signer), notes)
         }
     }
 }
