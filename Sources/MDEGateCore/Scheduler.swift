@@ -274,22 +274,16 @@ public struct Scheduler: Sendable {
         case .answered(status: 429, let retryAfter):
             let until = now + (retryAfter ?? Self.defaultThrottlePause)
             pausedUntil = max(pausedUntil ?? until, until)
-            job.state = .queued
-            jobs[jobID] = job
-            enqueue(jobID, of: job.client, atHead: true)
+            putBack(job)
             return .throttled(until: pausedUntil!)
         case .notSent:
             let until = now + Self.notSentPause
             pausedUntil = max(pausedUntil ?? until, until)
-            job.state = .queued
-            jobs[jobID] = job
-            enqueue(jobID, of: job.client, atHead: true)
+            putBack(job)
             return .notSent(until: pausedUntil!)
         case .answered(status: 401, _) where !job.reauthorized:
             job.reauthorized = true
-            job.state = .queued
-            jobs[jobID] = job
-            enqueue(jobID, of: job.client, atHead: true)
+            putBack(job)
             return .reauthorizing
         case .answered(let status, _) where status < 500:
             return finishJob(job)
@@ -378,6 +372,14 @@ public struct Scheduler: Sendable {
     private static func key(_ machineActionID: String) -> String {
         let lowered = machineActionID.lowercased()
         return lowered == machineActionID ? machineActionID : lowered
+    }
+
+    /// Puts a job whose attempt did not count as a failure back at the head of its client's queue.
+    private mutating func putBack(_ job: Job) {
+        var job = job
+        job.state = .queued
+        jobs[job.id] = job
+        enqueue(job.id, of: job.client, atHead: true)
     }
 
     /// The job `request` belongs to while it is unfinished: its own, or the one it joined. A
