@@ -113,11 +113,7 @@ public actor Gateway {
 
     /// A token fetched (or not) in the background may let waiting work go.
     private func watch(_ source: any TokenSource) {
-        source.onChange { Task { await self.tokensChanged() } }
-    }
-
-    private func tokensChanged() {
-        pump()
+        source.onChange { Task { await self.pump() } }
     }
 
     /// Takes back the stored records, and rebuilds the jobs of requests that were queued or being
