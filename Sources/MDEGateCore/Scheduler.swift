@@ -97,7 +97,6 @@ public struct Scheduler: Sendable {
         case reauthorizing
     }
 
-    public private(set) var ledger: Ledger
     public private(set) var retryPolicy: RetryPolicy
     public private(set) var maxConcurrency: Int
     public private(set) var maxPending: Int
@@ -122,6 +121,12 @@ public struct Scheduler: Sendable {
     /// Jobs waiting out a retry backoff, and when each is due.
     private var backingOff: [RequestID: Timestamp] = [:]
     public private(set) var inFlight = 0
+    /// The next slots as projected from `start` (see `projection(notBefore:)`); dropped whenever
+    /// the ledger changes.
+    private var projectionCache: (start: Timestamp, slots: [Timestamp])?
+    public private(set) var ledger: Ledger {
+        didSet { projectionCache = nil }
+    }
 
     public init(
         ledger: Ledger,
@@ -139,6 +144,11 @@ public struct Scheduler: Sendable {
 
     /// Requests not finished yet (queued, backing off, or being sent), coalesced ones included.
     public private(set) var pendingRequests = 0
+    /// Requests whose job is being sent right now, coalesced ones included. Kept as a running
+    /// count so that `queuedRequests` (what status shows) needs no scan of every request.
+    public private(set) var sendingRequests = 0
+    /// Requests waiting to be sent: queued or backing off (`pendingRequests - sendingRequests`).
+    public var queuedRequests: Int { pendingRequests - sendingRequests }
 
     // MARK: Submitting and withdrawing
 
@@ -154,6 +164,7 @@ public struct Scheduler: Sendable {
         if let leader = jobOfMachineAction[key] {
             jobs[leader]!.members.append(request)
             jobOfRequest[request] = leader
+            if jobs[leader]!.state == .sending { sendingRequests += 1 }
             return .joined(leader: leader)
         }
         let job = Job(
@@ -210,6 +221,34 @@ public struct Scheduler: Sendable {
         return .withdrawn(jobCancelled: false)
     }
 
+    /// Takes back a request whose admission could not be stored (its client is told so), whatever
+    /// its job's state: the job may have been dispatched in the same commit that failed, and so
+    /// was never sent. A job left without members goes with it; its attempt stays in the ledger
+    /// (the slot was taken, so it stays spent). False if the request is not pending here.
+    public mutating func retract(_ request: RequestID) -> Bool {
+        guard let jobID = jobID(of: request), var job = jobs[jobID] else { return false }
+        job.members.removeAll { $0 == request }
+        jobOfRequest[request] = nil
+        pendingRequests -= 1
+        if job.state == .sending { sendingRequests -= 1 }
+        guard job.members.isEmpty else {
+            jobs[jobID] = job
+            return true
+        }
+        removeJob(job)
+        switch job.state {
+        case .sending: inFlight -= 1
+        case .backingOff: backingOff[jobID] = nil
+        case .queued:
+            queues[job.client]?.removeAll { $0 == jobID }
+            if queues[job.client]?.isEmpty == true {
+                queues[job.client] = nil
+                rotation.removeAll { $0 == job.client }
+            }
+        }
+        return true
+    }
+
     // MARK: Dispatching
 
     /// The next attempt to send now, if the pause, the concurrency cap and every limit allow one.
@@ -218,7 +257,10 @@ public struct Scheduler: Sendable {
         if let pausedUntil, now < pausedUntil { return nil }
         guard inFlight < maxConcurrency else { return nil }
         requeueDueRetries(at: now)
-        guard let client = rotation.first, ledger.recordIfAllowed(at: now) else { return nil }
+        // Checked before recording, not with `recordIfAllowed`: a refused check must leave the
+        // ledger (and so the cached projection) untouched.
+        guard let client = rotation.first, ledger.earliestSlot(notBefore: now) <= now else { return nil }
+        ledger.record(at: now)
         let jobID = queues[client]!.removeFirst()
         rotation.removeFirst()
         if queues[client]!.isEmpty {
@@ -231,6 +273,7 @@ public struct Scheduler: Sendable {
         jobs[jobID]!.attempts += 1
         inFlight += 1
         let job = jobs[jobID]!
+        sendingRequests += job.members.count
         return Dispatch(
             job: jobID, machineActionID: job.machineActionID, members: job.members,
             attempt: job.attempts)
@@ -270,6 +313,7 @@ public struct Scheduler: Sendable {
             preconditionFailure("finish(\(jobID)) for a job that is not being sent")
         }
         inFlight -= 1
+        sendingRequests -= job.members.count
         switch outcome {
         case .answered(status: 429, let retryAfter):
             let until = now + (retryAfter ?? Self.defaultThrottlePause)
@@ -321,6 +365,12 @@ public struct Scheduler: Sendable {
         jobID(of: request).flatMap { jobs[$0] }
     }
 
+    /// The unfinished job with this id (the id of the request that created it, which may since
+    /// have been withdrawn or taken back while others ride on the job).
+    public func job(id: RequestID) -> Job? {
+        jobs[id]
+    }
+
     /// Queued jobs per client, in rotation order (the next client served first).
     public func depthByClient() -> [(client: ClientID, depth: Int)] {
         rotation.map { ($0, queues[$0]?.count ?? 0) }
@@ -328,7 +378,10 @@ public struct Scheduler: Sendable {
 
     /// Where a queued request stands: its 1-based place in the order of dispatch under round-robin,
     /// and the instant that place's slot opens if nothing else changes. Nil unless queued.
-    public func position(of request: RequestID, at now: Timestamp) -> (
+    ///
+    /// Mutating only for a cache: the projection of the next slots is kept until the ledger
+    /// changes, so answering 20,000 admissions a second does not copy the ledger 20,000 times.
+    public mutating func position(of request: RequestID, at now: Timestamp) -> (
         position: Int, estimatedDispatchAt: Timestamp
     )? {
         guard let job = job(of: request), job.state == .queued, let queue = queues[job.client],
@@ -346,17 +399,30 @@ public struct Scheduler: Sendable {
         return (ahead + 1, estimatedSlot(ahead, notBefore: start))
     }
 
-    /// The instant of the `index`-th next slot (0-based). The first `exactSlots` are projected
-    /// with the ledger; beyond that the estimate extrapolates at the pace of the tightest limit,
-    /// so answering a request deep in a long queue stays cheap.
-    private func estimatedSlot(_ index: Int, notBefore start: Timestamp) -> Timestamp {
-        let exactSlots = 32
-        let projected = ledger.projectedSlots(count: min(index, exactSlots - 1) + 1, notBefore: start)
+    /// How many of the next slots are projected exactly with the ledger; beyond them the estimate
+    /// extrapolates at the pace of the tightest limit, so a request deep in a long queue is cheap.
+    static let exactSlots = 32
+
+    /// The instant of the `index`-th next slot (0-based), from the cached projection.
+    private mutating func estimatedSlot(_ index: Int, notBefore start: Timestamp) -> Timestamp {
+        let projected = projection(notBefore: start)
         let remaining = index - (projected.count - 1)
-        guard remaining > 0 else { return projected.last! }
+        guard remaining > 0 else { return projected[index] }
         let paces = ledger.limits.map { Double(($0.window + ledger.guardBand).nanoseconds) / Double($0.calls) }
         let pace = paces.max() ?? 0
         return projected.last! + .nanoseconds(Int64(pace * Double(remaining)))
+    }
+
+    /// The next `exactSlots` slots from `start`. A projection made from an earlier start holds
+    /// as long as the ledger did not change and `start` is not past its first slot: no instant
+    /// between that start and the first slot is allowed, so both starts lead to the same slots.
+    private mutating func projection(notBefore start: Timestamp) -> [Timestamp] {
+        if let cached = projectionCache, cached.start <= start, start <= cached.slots[0] {
+            return cached.slots
+        }
+        let slots = ledger.projectedSlots(count: Self.exactSlots, notBefore: start)
+        projectionCache = (start, slots)
+        return slots
     }
 
     // MARK: Internals
