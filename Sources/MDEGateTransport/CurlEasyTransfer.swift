@@ -50,7 +50,7 @@ final class CurlEasyTransfer: @unchecked Sendable {
     private var refusedResend = false
 
     private let cancellationRequested = Atomic<Bool>(false)
-    private var continuation: CheckedContinuation<Outcome, Never>?
+    private var completion: (@Sendable (Outcome) -> Void)?
     private var cleanedUp = false
 
     init(request: HTTPRequest, settings: TransferSettings) throws(TransportError) {
@@ -86,19 +86,19 @@ final class CurlEasyTransfer: @unchecked Sendable {
         cancellationRequested.store(true, ordering: .releasing)
     }
 
-    /// Set by the calling task before the transfer is submitted.
-    func awaitOutcome(with continuation: CheckedContinuation<Outcome, Never>) {
-        self.continuation = continuation
+    /// Set by the caller before the transfer is submitted.
+    func onOutcome(_ completion: @escaping @Sendable (Outcome) -> Void) {
+        self.completion = completion
     }
 
-    /// Releases the easy handle (it must already be out of the multi handle) and wakes the
-    /// caller. Called exactly once per transfer.
+    /// Releases the easy handle (it must already be out of the multi handle) and hands the
+    /// outcome to the caller. Called exactly once per transfer.
     func finish(_ outcome: Outcome) {
         curl_easy_cleanup(easy)
         cleanedUp = true
-        let continuation = self.continuation
-        self.continuation = nil
-        continuation?.resume(returning: outcome)
+        let completion = self.completion
+        self.completion = nil
+        completion?(outcome)
     }
 
     /// Turns libcurl's verdict into the caller's answer, reading what the callbacks collected.

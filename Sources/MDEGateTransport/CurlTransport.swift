@@ -106,15 +106,30 @@ public final class CurlTransport: Sendable {
         let loop = self.loop
         let outcome = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
-                transfer.awaitOutcome(with: continuation)
-                if !loop.submit(transfer) {
-                    transfer.finish(.failure(TransportError(kind: .cancelled, message: "the transport is shut down")))
-                }
+                start(transfer) { continuation.resume(returning: $0) }
             }
         } onCancel: {
             loop.cancel(transfer)
         }
         return try outcome.get()
+    }
+
+    /// Sends one request and hands its outcome to `completion`, once, on the transport's thread
+    /// (or on the caller's, when the request is refused before it starts). For callers that live
+    /// on an event loop of their own: no task is created and no executor is entered on the way.
+    public func send(_ request: HTTPRequest, completion: @escaping @Sendable (Result<HTTPResponse, TransportError>) -> Void) {
+        do {
+            start(try CurlEasyTransfer(request: request, settings: settings), completion: completion)
+        } catch {
+            completion(.failure(error))
+        }
+    }
+
+    private func start(_ transfer: CurlEasyTransfer, completion: @escaping @Sendable (Result<HTTPResponse, TransportError>) -> Void) {
+        transfer.onOutcome(completion)
+        if !loop.submit(transfer) {
+            transfer.finish(.failure(TransportError(kind: .cancelled, message: "the transport is shut down")))
+        }
     }
 
     /// Stops the transport's thread: pending requests fail with `.cancelled` and connections
