@@ -14,7 +14,7 @@ func offlineGateway(store: any GatewayStore, transport: CurlTransport) -> Gatewa
             limits: [Limit(calls: 1, window: .seconds(3600))], guardBand: .zero,
             retryPolicy: RetryPolicy(maxAttempts: 4, initialBackoff: .seconds(1), maxBackoff: .seconds(1)),
             maxConcurrency: 1, maxPending: 10),
-        store: store, upstream: UpstreamClient(transport: transport, baseURL: "http://127.0.0.1:9"),
+        store: store, upstream: CurlUpstream(transport: transport, baseURL: "http://127.0.0.1:9"),
         tokens: TokenFileProvider(path: "/nonexistent"), eventLoop: MultiThreadedEventLoopGroup.singleton.any(),
         logger: Logger(label: "test"))
 }
@@ -56,33 +56,18 @@ struct RecoveryTests {
         #expect(interrupted.position == 1)
         #expect(await gateway.document("r3")?.position == 1, "r3 rides on r1's job")
         #expect(await gateway.document("r2")?.position == 2)
-        let withdrawal = try await gateway.withdraw("r1")
+        let withdrawal = try await gateway.withdraw("r1").get()
         guard case .alreadySent = withdrawal else {
             Issue.record("an interrupted send already counts as sent, got \(withdrawal)")
             return
         }
-        let admission = try await gateway.submit(machineActionID: first, comment: "again", client: client)
+        let admission = try await gateway.submit(machineActionID: first, comment: "again", client: client, waiting: .untilStored).get()
         guard case .accepted(let joined) = admission else {
             Issue.record("expected the new request to be accepted")
             return
         }
-        #expect(joined.joined == "r1")
+        #expect(joined.record.joined == "r1")
     }
-}
-
-/// A store that refuses writes while `failing` is set, and otherwise writes to memory.
-actor FlakyStore: GatewayStore {
-    let inner = InMemoryStore()
-    var failing = false
-
-    func setFailing(_ value: Bool) { failing = value }
-
-    func apply(_ changes: [StoreChange]) async throws {
-        if failing { throw StoreError(path: "flaky", "refused for the test") }
-        try await inner.apply(changes)
-    }
-
-    func load() async throws -> StoredState { try await inner.load() }
 }
 
 /// Polls `condition` every 50 ms for up to 10 s.
@@ -99,7 +84,7 @@ func eventuallyTrue(_ what: String, _ condition: () async throws -> Bool) async 
 struct FailedWriteTests {
     @Test("a change whose write failed is written with the next batch, in its newest state, and a failed admission is refused")
     func failedWritesAreWrittenLater() async throws {
-        let store = FlakyStore()
+        let store = ControlledStore()
         // The hourly call is spent, so nothing is sent while the test looks at the store.
         try await store.apply([.attempt(Gateway.wallClock())])
         let transport = try CurlTransport(configuration: .init(connectTimeout: .milliseconds(200)))
@@ -107,31 +92,28 @@ struct FailedWriteTests {
         let gateway = offlineGateway(store: store, transport: transport)
         try await gateway.start()
         let client = RequestRecord.Client(uid: 1000, pid: 42, name: nil)
-        guard case .accepted(let first) = try await gateway.submit(
-            machineActionID: "988cc94e-7a8f-4b28-ab65-000000000001", comment: "a", client: client)
-        else {
+        guard let first = try await gateway.submitted(actionID(1), client: client).record else {
             Issue.record("the first request was not accepted")
             return
         }
 
         // A synchronous caller waiting for the first request.
-        let waiter = Task { await gateway.awaitFinal(first.id, timeout: nil) }
+        let waiter = Task { try await gateway.wait(for: first.id, timeout: nil).get().record }
         _ = try await eventuallyTrue("the caller waiting") { await gateway.waiterCount(for: first.id) == 1 }
-        await store.setFailing(true)
-        await #expect(throws: StoreError.self) { try await gateway.withdraw(first.id) }
-        #expect(await waiter.value?.state == .withdrawn, "the waiter is answered although the write failed")
-        await #expect(throws: StoreError.self) {
-            try await gateway.submit(machineActionID: "988cc94e-7a8f-4b28-ab65-000000000002", comment: "b", client: client)
+        store.setFailing(true)
+        await #expect(throws: StoreError.self) { try await gateway.withdraw(first.id).get() }
+        #expect(try await waiter.value?.state == .withdrawn, "the waiter is answered although the write failed")
+        guard case .storeUnavailable = try await gateway.submitted(actionID(2), client: client) else {
+            Issue.record("an admission that cannot be stored is refused")
+            return
         }
         #expect(await gateway.status().queue.depth == 0, "the refused admission is not queued")
         #expect(try await store.load().records.map(\.state) == [.queued], "nothing was written while failing")
 
-        await store.setFailing(false)
+        store.setFailing(false)
         // Written again on its own a second later, with no other change to carry it.
         _ = try await eventuallyTrue("the withdrawal written") { try await store.load().records.first?.state == .withdrawn }
-        guard case .accepted(let third) = try await gateway.submit(
-            machineActionID: "988cc94e-7a8f-4b28-ab65-000000000003", comment: "c", client: client)
-        else {
+        guard let third = try await gateway.submitted(actionID(3), client: client).record else {
             Issue.record("the third request was not accepted")
             return
         }

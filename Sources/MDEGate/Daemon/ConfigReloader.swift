@@ -91,7 +91,7 @@ struct ConfigReloader: Service {
         }
         await gateway.reconfigure(
             settings: Gateway.Settings(configuration),
-            upstream: UpstreamClient(transport: transport, baseURL: configuration.upstream.baseURL),
+            upstream: CurlUpstream(transport: transport, baseURL: configuration.upstream.baseURL),
             tokens: tokens)
         // Attempts still in flight on the old transport hold their own reference to it; its
         // thread ends once they are done and it is released.

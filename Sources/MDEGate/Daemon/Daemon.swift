@@ -50,20 +50,21 @@ public enum Daemon {
         defer { running.transport.shutdown() }
         let store = try SQLiteStore(path: configuration.state.path, logger: Logger(label: "mdegate.store"))
 
-        let group = MultiThreadedEventLoopGroup.singleton
+        // One loop for the gateway and every connection of the socket: a request reaches the
+        // gateway without a hop (docs/architecture.md).
         let gateway = Gateway(
             settings: Gateway.Settings(configuration),
             store: store,
-            upstream: UpstreamClient(transport: transport, baseURL: configuration.upstream.baseURL),
+            upstream: CurlUpstream(transport: transport, baseURL: configuration.upstream.baseURL),
             tokens: tokens,
-            eventLoop: group.any(),
+            eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
             logger: logger)
         try await gateway.start()
 
         let limits = configuration.quota.limits.map(\.spec).joined(separator: " + ")
         let server = LocalAPIServer(
             listener: listener,
-            api: LocalAPI(gateway: gateway, logger: logger), group: group, logger: logger,
+            api: LocalAPI(gateway: gateway, logger: logger), logger: logger,
             onReady: {
                 logger.notice(
                     "mdegate is ready",
@@ -95,7 +96,11 @@ public enum Daemon {
         serviceConfiguration.maximumCancellationDuration = .seconds(2)
         let services = ServiceGroup(configuration: serviceConfiguration)
         try await services.run()
-        await gateway.flushUnsaved()
+        do {
+            try await gateway.drain().get()
+        } catch {
+            logger.error("could not store the last changes before stopping", metadata: ["error": "\(error)"])
+        }
         try? await store.close()
         logger.notice("mdegate stopped")
     }

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MDEGateCore
+import NIOCore
 
 /// A request that arrived on the Unix socket, fully read (or cut short past the body limit).
 public struct LocalRequest: Sendable {
@@ -51,11 +52,16 @@ public struct ErrorDocument: Codable, Sendable {
     }
 }
 
-/// The local HTTP API (DESIGN.md, "Local API"): routing, validation, and the three ways of
-/// waiting for a cancel (synchronous, `Prefer: respond-async`, `Prefer: wait=N`).
+/// The local HTTP API (docs/api.md): routing, validation, and the three ways of waiting for a
+/// cancel (synchronous, `Prefer: respond-async`, `Prefer: wait=N`).
 ///
 /// Validation happens here, before anything reaches the gateway: bad input never becomes a
 /// request, never spends quota, and never reaches the upstream.
+///
+/// It runs on the gateway's event loop, isolated to the gateway, in the turn the request was
+/// read: routing, validation, admission and (for a request that is already final, or a read)
+/// the answer happen without a hop. What has to wait (a commit, the upstream) completes the
+/// returned future in a later turn of the same loop.
 public struct LocalAPI: Sendable {
     public static let maxBodyBytes = 64 * 1024
     public static let maxCommentCharacters = 1000
@@ -68,87 +74,86 @@ public struct LocalAPI: Sendable {
         self.logger = logger
     }
 
+    /// Answers `request`. The future completes on the gateway's loop and never fails.
+    public func respond(to request: LocalRequest) -> EventLoopFuture<LocalResponse> {
+        gateway.onLoop { gateway in self.route(request, gateway) }
+    }
+
+    /// `respond(to:)`, awaited: for tests and callers off the loop.
     public func handle(_ request: LocalRequest) async -> LocalResponse {
+        do {
+            return try await respond(to: request).get()
+        } catch {
+            return reject(500, "InternalError", "\(error)")
+        }
+    }
+
+    private func route(_ request: LocalRequest, _ gateway: isolated Gateway) -> EventLoopFuture<LocalResponse> {
+        let loop = gateway.eventLoop
         let path = request.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? request.uri
         let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
         switch (request.method, segments.count, segments.first) {
         case (_, 4, "api") where segments[1] == "machineactions" && segments[3] == "cancel":
-            guard request.method == "POST" else { return methodNotAllowed(allow: "POST") }
-            return await cancel(machineActionID: segments[2], request)
+            guard request.method == "POST" else { return loop.makeSucceededFuture(methodNotAllowed(allow: "POST")) }
+            return cancel(machineActionID: segments[2], request, gateway)
         case (_, 3, "v1") where segments[1] == "requests" && !segments[2].isEmpty:
             switch request.method {
-            case "GET": return await show(segments[2])
-            case "DELETE": return await withdraw(segments[2])
-            default: return methodNotAllowed(allow: "GET, DELETE")
+            case "GET": return loop.makeSucceededFuture(show(segments[2], gateway))
+            case "DELETE": return withdraw(segments[2], gateway)
+            default: return loop.makeSucceededFuture(methodNotAllowed(allow: "GET, DELETE"))
             }
         case (_, 2, "v1") where segments[1] == "status":
-            guard request.method == "GET" else { return methodNotAllowed(allow: "GET") }
-            return .json(200, await gateway.status())
+            guard request.method == "GET" else { return loop.makeSucceededFuture(methodNotAllowed(allow: "GET")) }
+            return loop.makeSucceededFuture(.json(200, gateway.status()))
         case (_, 1, "healthz"):
-            guard request.method == "GET" else { return methodNotAllowed(allow: "GET") }
-            return .json(200, ["status": "ok"])
+            guard request.method == "GET" else { return loop.makeSucceededFuture(methodNotAllowed(allow: "GET")) }
+            return loop.makeSucceededFuture(.json(200, ["status": "ok"]))
         default:
-            return reject(404, "NotFound", "no such route: \(request.method) \(path)")
+            return loop.makeSucceededFuture(reject(404, "NotFound", "no such route: \(request.method) \(path)"))
         }
     }
 
     // MARK: Routes
 
-    private func cancel(machineActionID: String, _ request: LocalRequest) async -> LocalResponse {
+    private func cancel(machineActionID: String, _ request: LocalRequest, _ gateway: isolated Gateway) -> EventLoopFuture<LocalResponse> {
+        let loop = gateway.eventLoop
         if request.bodyTooLarge {
-            return reject(413, "InvalidRequestBody", "the body is larger than \(Self.maxBodyBytes / 1024) KiB")
+            return loop.makeSucceededFuture(
+                reject(413, "InvalidRequestBody", "the body is larger than \(Self.maxBodyBytes / 1024) KiB"))
         }
         guard isGUID(machineActionID) else {
-            return reject(
-                400, "InvalidMachineActionId",
-                "the machine action id must be a GUID such as 988cc94e-7a8f-4b28-ab65-54970c5d5018")
+            return loop.makeSucceededFuture(
+                reject(
+                    400, "InvalidMachineActionId",
+                    "the machine action id must be a GUID such as 988cc94e-7a8f-4b28-ab65-54970c5d5018"))
         }
         let comment: String
         switch parseComment(request.body) {
         case .success(let value): comment = value
-        case .failure(let problem): return reject(400, "InvalidRequestBody", problem.message)
+        case .failure(let problem): return loop.makeSucceededFuture(reject(400, "InvalidRequestBody", problem.message))
         }
         let clientName: String?
         switch parseClientName(request.header("Mdegate-Client")) {
         case .success(let value): clientName = value
-        case .failure(let problem): return reject(400, "InvalidRequestBody", problem.message)
+        case .failure(let problem): return loop.makeSucceededFuture(reject(400, "InvalidRequestBody", problem.message))
         }
         let prefer = Preference(request.header("Prefer"))
         let client = RequestRecord.Client(uid: request.peer.uid, pid: request.peer.pid, name: clientName)
-
-        let record: RequestRecord
-        do {
-            switch try await gateway.submit(machineActionID: machineActionID, comment: comment, client: client) {
-            case .accepted(let accepted): record = accepted
-            case .queueFull:
-                return reject(
-                    503, "QueueFull", "the queue holds queue.max_pending requests already; try again later",
-                    headers: [("Retry-After", "60")])
-            }
-        } catch {
-            return reject(
-                503, "StoreUnavailable", "the request could not be stored: \(error)", headers: [("Retry-After", "5")])
-        }
-
-        if prefer.respondAsync {
-            return await accepted(record.id)
-        }
-        guard let final = await gateway.awaitFinal(record.id, timeout: prefer.wait), final.state.isFinal else {
-            return await accepted(record.id)
-        }
-        return answer(final)
+        let waiting: Gateway.Waiting = prefer.respondAsync ? .untilStored : .untilFinal(timeout: prefer.wait)
+        return gateway.submit(machineActionID: machineActionID, comment: comment, client: client, waiting: waiting)
+            .map { answer in self.response(to: answer) }
     }
 
-    private func show(_ id: String) async -> LocalResponse {
-        guard let document = await gateway.document(id) else {
+    private func show(_ id: String, _ gateway: isolated Gateway) -> LocalResponse {
+        guard let document = gateway.document(id) else {
             return reject(404, "NotFound", "no request \(id) (finished requests are kept 24 hours)", target: id)
         }
         return .json(200, document, headers: [("Mdegate-Request-Id", id)])
     }
 
-    private func withdraw(_ id: String) async -> LocalResponse {
-        do {
-            switch try await gateway.withdraw(id) {
+    private func withdraw(_ id: String, _ gateway: isolated Gateway) -> EventLoopFuture<LocalResponse> {
+        gateway.withdraw(id).map { withdrawal -> LocalResponse in
+            switch withdrawal {
             case .withdrawn(let document): return .json(200, document, headers: [("Mdegate-Request-Id", id)])
             case .alreadySent(let document):
                 return .json(
@@ -159,23 +164,38 @@ public struct LocalAPI: Sendable {
                         target: id),
                     headers: [("Mdegate-Request-Id", id)])
             case .notFound:
-                return reject(404, "NotFound", "no request \(id)", target: id)
+                return self.reject(404, "NotFound", "no request \(id)", target: id)
             }
-        } catch {
-            return reject(503, "Unavailable", "the withdrawal could not be stored: \(error)", target: id)
+        }.recover { error in
+            self.reject(
+                503, "StoreUnavailable", "the withdrawal could not be stored (it is written again shortly): \(error)",
+                target: id, headers: [("Retry-After", "5")])
         }
     }
 
     // MARK: Answers
 
-    /// 202 with the record and where to poll it.
-    private func accepted(_ id: RequestID) async -> LocalResponse {
-        let document = await gateway.document(id)
-        return .json(202, document, headers: [("Location", "/v1/requests/\(id)"), ("Mdegate-Request-Id", id)])
+    private func response(to answer: Gateway.Answer) -> LocalResponse {
+        switch answer {
+        case .accepted(let document):
+            let id = document.record.id
+            return .json(202, document, headers: [("Location", "/v1/requests/\(id)"), ("Mdegate-Request-Id", id)])
+        case .final(let record): return final(record)
+        case .queueFull:
+            return reject(
+                503, "QueueFull", "the queue holds queue.max_pending requests already; try again later",
+                headers: [("Retry-After", "60")])
+        case .storeUnavailable(let problem):
+            return reject(
+                503, "StoreUnavailable", "the request could not be stored, so it was not accepted: \(problem)",
+                headers: [("Retry-After", "5")])
+        case .notFound:
+            return reject(500, "InternalError", "the request disappeared before it was answered")
+        }
     }
 
     /// The upstream's answer as it came; 502 when the last attempt got none.
-    private func answer(_ record: RequestRecord) -> LocalResponse {
+    private func final(_ record: RequestRecord) -> LocalResponse {
         var headers: [(name: String, value: String)] = [("Mdegate-Request-Id", record.id)]
         if record.joined != nil { headers.append(("Mdegate-Coalesced", "true")) }
         if let response = record.response {
@@ -210,76 +230,5 @@ public struct LocalAPI: Sendable {
 
     private func methodNotAllowed(allow: String) -> LocalResponse {
         reject(405, "MethodNotAllowed", "this route accepts \(allow)", headers: [("Allow", allow)])
-    }
-}
-
-// MARK: Validation
-
-struct ValidationProblem: Error {
-    var message: String
-}
-
-/// A GUID in its usual 8-4-4-4-12 hex form. Anything else (dot segments, percent escapes,
-/// slashes) is refused before it can become part of an upstream URL.
-func isGUID(_ text: String) -> Bool {
-    let groups = text.split(separator: "-", omittingEmptySubsequences: false)
-    guard groups.map(\.count) == [8, 4, 4, 4, 12] else { return false }
-    return groups.allSatisfy { $0.allSatisfy(\.isHexDigit) && $0.allSatisfy(\.isASCII) }
-}
-
-/// The body must be a JSON object with a string `Comment` (case-sensitive, as upstream) of at
-/// most 1,000 characters.
-func parseComment(_ body: [UInt8]) -> Result<String, ValidationProblem> {
-    guard !body.isEmpty else {
-        return .failure(ValidationProblem(message: #"the body is empty; send {"Comment": "..."}"#))
-    }
-    guard let value = try? JSON.decoder.decode(JSONValue.self, from: Data(body)) else {
-        return .failure(ValidationProblem(message: #"the body is not valid JSON; send {"Comment": "..."}"#))
-    }
-    guard case .object(let object) = value else {
-        return .failure(ValidationProblem(message: #"the body must be a JSON object such as {"Comment": "..."}"#))
-    }
-    guard let comment = object["Comment"] else {
-        return .failure(ValidationProblem(message: #"the body has no "Comment" (the name is case-sensitive)"#))
-    }
-    guard case .string(let text) = comment else {
-        return .failure(ValidationProblem(message: #""Comment" must be a string"#))
-    }
-    guard text.count <= LocalAPI.maxCommentCharacters else {
-        return .failure(
-            ValidationProblem(
-                message: "\"Comment\" has \(text.count) characters; at most \(LocalAPI.maxCommentCharacters) are allowed"))
-    }
-    return .success(text)
-}
-
-/// `Mdegate-Client`: a short printable name, so logs and status stay readable.
-func parseClientName(_ header: String?) -> Result<String?, ValidationProblem> {
-    guard let header else { return .success(nil) }
-    let name = header.trimmingCharacters(in: .whitespaces)
-    guard !name.isEmpty else { return .success(nil) }
-    guard name.count <= 64, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.@:/".contains($0)) }) else {
-        return .failure(
-            ValidationProblem(
-                message: "Mdegate-Client must be at most 64 characters of letters, digits and - _ . @ : /"))
-    }
-    return .success(name)
-}
-
-/// The `Prefer` header: `respond-async` and `wait=N` (RFC 7240). `respond-async` wins.
-struct Preference {
-    var respondAsync = false
-    var wait: Duration?
-
-    init(_ header: String?) {
-        guard let header else { return }
-        for item in header.split(separator: ",") {
-            let token = item.trimmingCharacters(in: .whitespaces).lowercased()
-            if token == "respond-async" {
-                respondAsync = true
-            } else if token.hasPrefix("wait="), let seconds = Double(token.dropFirst(5)), seconds >= 0, seconds.isFinite {
-                wait = .milliseconds(Int64(min(seconds, 86_400) * 1000))
-            }
-        }
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import MDEGateCore
 import Logging
 import NIOCore
 import NIOExtras
@@ -6,8 +7,13 @@ import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
 
-/// The HTTP/1.1 server on the Unix socket: SwiftNIO parses and frames the messages, `LocalAPI`
-/// answers them. One task per connection; keep-alive and pipelining as HTTP/1.1 allows.
+/// The HTTP/1.1 server on the Unix socket: SwiftNIO parses and frames the messages,
+/// `LocalAPIHandler` hands each request to `LocalAPI` and writes its answer.
+///
+/// Every connection lives on the gateway's own event loop, so a request reaches the gateway,
+/// and its answer the socket, without a task or a thread in between (docs/architecture.md).
+/// Keep-alive and pipelining as HTTP/1.1 allows (NIO's pipeline handler answers pipelined
+/// requests in order).
 public struct LocalAPIServer: Service {
     /// Where the server listens.
     public enum Listener: Sendable, CustomStringConvertible {
@@ -28,7 +34,6 @@ public struct LocalAPIServer: Service {
 
     public let listener: Listener
     let api: LocalAPI
-    let group: any EventLoopGroup
     let logger: Logger
     /// Called once the socket accepts connections (to log readiness, notify systemd, and so on).
     let onReady: @Sendable () async -> Void
@@ -39,50 +44,53 @@ public struct LocalAPIServer: Service {
     static let backlog: Int32 = 256
 
     public init(
-        listener: Listener, api: LocalAPI, group: any EventLoopGroup, logger: Logger,
+        listener: Listener, api: LocalAPI, logger: Logger,
         onReady: @escaping @Sendable () async -> Void,
         onShutdown: @escaping @Sendable () -> Void = {}
     ) {
         self.listener = listener
         self.api = api
-        self.group = group
         self.logger = logger
         self.onReady = onReady
         self.onShutdown = onShutdown
     }
 
     public func run() async throws {
+        let loop = api.gateway.eventLoop
         // On shutdown the helper closes idle keep-alive connections and lets answers being
         // written finish, so one idle client cannot keep the daemon alive.
-        let quiescing = ServerQuiescingHelper(group: group)
-        let bootstrap = ServerBootstrap(group: group)
+        let quiescing = ServerQuiescingHelper(group: loop)
+        let connections = OpenConnections()
+        let api = self.api
+        let logger = self.logger
+        let bootstrap = ServerBootstrap(group: loop, childGroup: loop)
             .serverChannelOption(.backlog, value: Self.backlog)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
                 }
             }
-        let accept: @Sendable (any Channel) -> EventLoopFuture<Connection> = { channel in
-            PeerCredentials.read(from: channel).flatMapThrowing { peer in
-                try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                let connection = try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(
-                    wrappingChannelSynchronously: channel)
-                return Connection(channel: connection, peer: peer)
+            .childChannelInitializer { channel in
+                PeerCredentials.read(from: channel).flatMapThrowing { peer in
+                    connections.insert(channel)
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(LocalAPIHandler(api: api, peer: peer, logger: logger))
+                }
             }
-        }
 
-        let server: NIOAsyncChannel<Connection, Never>
+        let server: any Channel
         switch listener {
         case .path(let socketPath, let socketMode):
             try prepareSocketPath(socketPath)
-            server = try await bootstrap.bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: true, childChannelInitializer: accept)
+            server = try await bootstrap.bind(unixDomainSocketPath: socketPath, cleanupExistingSocketFile: true).get()
             // NIO creates the socket file with the process umask; the mode decides who may connect.
             guard chmod(socketPath, socketMode) == 0 else {
+                try? await server.close()
                 throw DaemonError("cannot set socket.mode \(String(socketMode, radix: 8)) on \(socketPath): \(String(cString: strerror(errno)))")
             }
         case .inherited(let socket):
             // NIO takes the descriptor over (and closes it at the end; systemd keeps its own copy).
-            server = try await bootstrap.bind(socket.descriptor, childChannelInitializer: accept)
+            server = try await bootstrap.withBoundSocket(socket.descriptor).get()
             // Adopting, NIO calls listen() again with its default backlog of 128, which would cut
             // the socket unit's deep Backlog= short; ask for the most again (the kernel caps it at
             // net.core.somaxconn, as systemd's default does).
@@ -93,69 +101,22 @@ public struct LocalAPIServer: Service {
             }
         }
         await onReady()
-        try await withGracefulShutdownHandler {
-            try await withThrowingDiscardingTaskGroup { group in
-                try await server.executeThenClose { connections in
-                    for try await connection in connections {
-                        group.addTask { await self.serve(connection) }
-                    }
-                }
+        let stopped = loop.makePromise(of: Void.self)
+        try await withTaskCancellationHandler {
+            try await withGracefulShutdownHandler {
+                // Ends when the quiescing helper has closed the server and every connection.
+                try await stopped.futureResult.get()
+            } onGracefulShutdown: {
+                logger.notice("shutting down: no new connections; finishing answers in progress")
+                onShutdown()
+                quiescing.initiateShutdown(promise: stopped)
             }
-        } onGracefulShutdown: {
-            logger.notice("shutting down: no new connections; finishing answers in progress")
-            onShutdown()
-            quiescing.initiateShutdown(promise: nil)
-        }
-    }
-
-    struct Connection: Sendable {
-        var channel: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
-        var peer: PeerCredentials
-    }
-
-    private func serve(_ connection: Connection) async {
-        do {
-            try await connection.channel.executeThenClose { inbound, outbound in
-                var head: HTTPRequestHead?
-                var body: [UInt8] = []
-                var tooLarge = false
-                for try await part in inbound {
-                    switch part {
-                    case .head(let requestHead):
-                        head = requestHead
-                        body.removeAll(keepingCapacity: true)
-                        tooLarge = false
-                    case .body(let buffer):
-                        if body.count + buffer.readableBytes > LocalAPI.maxBodyBytes {
-                            tooLarge = true
-                            body.removeAll()
-                        } else if !tooLarge {
-                            body.append(contentsOf: buffer.readableBytesView)
-                        }
-                    case .end:
-                        guard let requestHead = head else { continue }
-                        let request = LocalRequest(
-                            method: requestHead.method.rawValue, uri: requestHead.uri,
-                            headers: requestHead.headers.map { ($0.name, $0.value) },
-                            body: body, bodyTooLarge: tooLarge, peer: connection.peer)
-                        let response = await api.handle(request)
-                        var headers = HTTPHeaders(response.headers.map { ($0.name, $0.value) })
-                        headers.replaceOrAdd(name: "Content-Length", value: String(response.body.count))
-                        let keepAlive = requestHead.isKeepAlive
-                        if !keepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }
-                        // One hand-over to the event loop (and one flush) for the whole answer.
-                        try await outbound.write(contentsOf: [
-                            .head(HTTPResponseHead(version: requestHead.version, status: .init(statusCode: response.status), headers: headers)),
-                            .body(.byteBuffer(ByteBuffer(bytes: response.body))),
-                            .end(nil),
-                        ])
-                        head = nil
-                        if !keepAlive { return }
-                    }
-                }
-            }
-        } catch {
-            logger.debug("connection ended", metadata: ["error": "\(error)"])
+        } onCancel: {
+            // The graceful period is over (a caller still waiting for a queued request): close
+            // what is left.
+            server.close(promise: nil)
+            connections.closeAll()
+            stopped.succeed(())
         }
     }
 

@@ -31,53 +31,79 @@ public struct StoredState: Sendable {
 
 /// Where the queue, the ledger and the pause live between restarts.
 ///
-/// The gateway hands over changes in batches and treats a batch as durable once `apply`
-/// returns: a 202 is answered, and an attempt is sent, only after that. A batch interface lets
-/// a durable store commit many concurrent submissions in one transaction (group commit).
+/// The gateway hands over one batch of changes at a time and treats it as durable once
+/// `commit`'s completion reports success: a 202 is answered, and an attempt is sent, only after
+/// that. A callback, not an `async` function: the gateway lives on an event loop, and the
+/// completion hops straight back to it, with no task in between.
 public protocol GatewayStore: Sendable {
-    func apply(_ changes: [StoreChange]) async throws
+    /// Writes `changes` in one transaction (possibly together with other batches) and calls
+    /// `completion` exactly once, on any thread, when it committed or failed.
+    func commit(_ changes: [StoreChange], completion: @escaping @Sendable (Result<Void, any Error>) -> Void)
     func load() async throws -> StoredState
 }
 
+extension GatewayStore {
+    /// `commit`, awaited: for tests and tools.
+    public func apply(_ changes: [StoreChange]) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            commit(changes) { continuation.resume(with: $0) }
+        }
+    }
+}
+
 /// Keeps state in memory only: a restart starts empty. For tests; `serve` uses `SQLiteStore`.
-public actor InMemoryStore: GatewayStore {
-    private var records: [RequestID: RequestRecord] = [:]
-    private var attempts: [Timestamp] = []
-    private var pausedUntil: Timestamp?
+public final class InMemoryStore: GatewayStore {
+    private struct State {
+        var records: [RequestID: RequestRecord] = [:]
+        var order: [RequestID: Int] = [:]
+        var attempts: [Timestamp] = []
+        var pausedUntil: Timestamp?
+    }
+
+    private let state = LockedState(State())
 
     public init() {}
 
-    public func apply(_ changes: [StoreChange]) async throws {
-        for change in changes {
-            switch change {
-            case .record(let record): records[record.id] = record
-            case .attempt(let time): insert(time)
-            case .departure(let recorded, let departed):
-                if let index = attempts.firstIndex(of: recorded) {
-                    attempts.remove(at: index)
-                    insert(departed)
+    public func commit(_ changes: [StoreChange], completion: @escaping @Sendable (Result<Void, any Error>) -> Void) {
+        state.withLock { state in
+            for change in changes {
+                switch change {
+                case .record(let record):
+                    if state.order[record.id] == nil { state.order[record.id] = state.order.count }
+                    state.records[record.id] = record
+                case .attempt(let time): Self.insert(time, into: &state.attempts)
+                case .departure(let recorded, let departed):
+                    if let index = state.attempts.firstIndex(of: recorded) {
+                        state.attempts.remove(at: index)
+                        Self.insert(departed, into: &state.attempts)
+                    }
+                case .pause(let until): state.pausedUntil = until
+                case .forget(let id): state.records[id] = nil
                 }
-            case .pause(let until): pausedUntil = until
-            case .forget(let id): records[id] = nil
+            }
+            // Attempts older than any window are of no use; keep the last day at most. They are in
+            // time order, so only a prefix can be old.
+            if let newest = state.attempts.last {
+                let horizon = newest - .seconds(86_400)
+                let old = state.attempts.prefix { $0 < horizon }.count
+                state.attempts.removeFirst(old)
             }
         }
-        // Attempts older than any window are of no use; keep the last day at most. They are in
-        // time order, so only a prefix can be old.
-        if let newest = attempts.last {
-            let horizon = newest - .seconds(86_400)
-            let old = attempts.prefix { $0 < horizon }.count
-            attempts.removeFirst(old)
-        }
+        completion(.success(()))
     }
 
-    private func insert(_ time: Timestamp) {
+    private static func insert(_ time: Timestamp, into attempts: inout [Timestamp]) {
         let index = attempts.lastIndex { $0 <= time }.map { $0 + 1 } ?? 0
         attempts.insert(time, at: index)
     }
 
     public func load() async throws -> StoredState {
-        StoredState(
-            records: records.values.sorted { $0.createdAt < $1.createdAt },
-            attempts: attempts, pausedUntil: pausedUntil)
+        state.withLock { state in
+            StoredState(
+                records: state.records.values.sorted {
+                    ($0.createdAt, state.order[$0.id] ?? 0) < ($1.createdAt, state.order[$1.id] ?? 0)
+                },
+                attempts: state.attempts, pausedUntil: state.pausedUntil)
+        }
     }
 }

@@ -2,9 +2,40 @@ import Foundation
 import MDEGateCore
 import MDEGateTransport
 
-/// Sends one cancel to the MDE API. It knows the URL shape, the headers and the body; it does
-/// not decide whether or when to send (the scheduler does) nor what to do with the answer.
-public struct UpstreamClient: Sendable {
+/// One upstream call, as the gateway asks for it: what goes on the wire below the base URL.
+/// Built only from validated input (ids are checked before they become part of a path).
+public struct UpstreamCall: Sendable, Equatable {
+    public var method: String
+    /// Below the base URL, starting with `/`.
+    public var path: String
+    public var body: [UInt8]
+
+    /// `POST /api/machineactions/{id}/cancel` with `{"Comment": ...}`. `machineActionID` must
+    /// already be validated as a GUID: it becomes part of the URL.
+    public static func cancel(machineActionID: String, comment: String) -> UpstreamCall {
+        UpstreamCall(
+            method: "POST", path: "/api/machineactions/\(machineActionID)/cancel",
+            body: JSON.encode(["Comment": comment]))
+    }
+}
+
+/// Where the gateway's attempts go. The daemon's is `CurlUpstream` (libcurl, the MDE API or the
+/// simulator); tests give the gateway a scripted one, so that dispatch, failures and reentrancy
+/// are tested in process, with no socket and no clock of their own.
+///
+/// The gateway decides whether and when to send (the scheduler) and what the answer means; an
+/// upstream only carries one call and hands back what came of it.
+public protocol Upstream: Sendable {
+    /// The API root, for status and logs.
+    var baseURL: String { get }
+    /// Sends `call` once with `token`, and calls `completion` exactly once with the answer or
+    /// why there is none, on any thread.
+    func send(_ call: UpstreamCall, token: String, completion: @escaping @Sendable (Result<HTTPResponse, TransportError>) -> Void)
+}
+
+/// The MDE API (or the simulator) through libcurl: the URL shape and the headers; the transport
+/// does the rest.
+public struct CurlUpstream: Upstream {
     public let transport: CurlTransport
     public let baseURL: String
 
@@ -13,28 +44,18 @@ public struct UpstreamClient: Sendable {
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
     }
 
-    /// `machineActionID` must already be validated as a GUID: it becomes part of the URL.
-    public func cancel(
-        machineActionID: String,
-        comment: String,
-        token: String
-    ) async -> Result<HTTPResponse, TransportError> {
-        let body = JSON.encode(["Comment": comment])
+    public func send(_ call: UpstreamCall, token: String, completion: @escaping @Sendable (Result<HTTPResponse, TransportError>) -> Void) {
         let request = HTTPRequest(
-            method: "POST",
-            url: "\(baseURL)/api/machineactions/\(machineActionID)/cancel",
+            method: call.method,
+            url: baseURL + call.path,
             headers: [
                 ("Authorization", "Bearer \(token)"),
                 ("Content-Type", "application/json"),
                 ("Accept", "application/json"),
                 ("User-Agent", "mdegate"),
             ],
-            body: body)
-        do {
-            return .success(try await transport.send(request))
-        } catch {
-            return .failure(error)
-        }
+            body: call.body)
+        transport.send(request, completion: completion)
     }
 }
 

@@ -1,0 +1,213 @@
+import MDEGateCore
+import NIOCore
+
+/// The commit cycle: one batch in the store at a time.
+///
+/// Every change (a new request, an attempt, an outcome) goes into `pending`. When no commit is
+/// being written, `commitIfIdle` pumps (takes what the quota allows now into the same batch)
+/// and cuts it: one transaction for everything that happened since the last one. When the
+/// commit returns, the follow-ups run in that one turn: attempts leave, callers are answered.
+///
+/// - A request admitted while a slot is free is written with its attempt, in one transaction:
+///   a synchronous cancel waits for one fsync.
+/// - N slots that free at once (start-up with a backlog, a window rolling over) are N attempts in
+///   one transaction, and leave together.
+/// - A failed commit is reconciled before the next batch is cut: its admissions are taken back
+///   (their callers hear 503) and its attempts are not sent. An attempt can only be in the
+///   transaction of its request's admission or a later one, so no request the caller was told
+///   was refused is ever sent, and none that was sent is unknown to the store.
+/// - Outcomes and departures need no caller to wait: such a batch waits up to `lazyDelay` for
+///   a commit that someone waits for, so a synchronous caller's commit carries the outcome of
+///   the call before it instead of queueing behind it.
+extension Gateway {
+    /// How long changes that nobody waits for (outcomes, departures, purges) may wait for a
+    /// commit that someone waits for. A crash within it may send such an answered request
+    /// again after restart, as for any request in flight at a crash.
+    static let lazyDelay: TimeAmount = .milliseconds(10)
+    /// How soon a failed commit's changes are tried again when nothing else is written.
+    static let retryDelay: TimeAmount = .seconds(1)
+
+    /// Something may let an attempt start (a new request, a freed slot, a token): pump before
+    /// the next cut, which is now if no commit is being written.
+    func requestPump() {
+        pumpWanted = true
+        commitIfIdle()
+    }
+
+    /// Pumps and cuts the pending batch, unless a commit is being written (then this runs again
+    /// when it is done). A batch nobody waits for waits `lazyDelay` for one somebody does.
+    func commitIfIdle() {
+        guard !committing else { return }
+        if pumpWanted {
+            pumpWanted = false
+            pump()
+        }
+        guard pending.urgent || (!unsaved.isEmpty && retryFlush == nil) else {
+            if !pending.isEmpty, lazyFlush == nil {
+                lazyFlush = eventLoop.scheduleTask(in: Self.lazyDelay) {
+                    self.assumeIsolated { $0.flushLazyChanges() }
+                }
+            }
+            return
+        }
+        lazyFlush?.cancel()
+        lazyFlush = nil
+        let batch = pending
+        pending = CommitBatch()
+        let changes = unsaved.take(records: records) + batch.changes(records: records)
+        committing = true
+        let loop = eventLoop
+        store.commit(changes) { result in
+            loop.execute { self.assumeIsolated { $0.committed(batch, changes: changes, result: result) } }
+        }
+    }
+
+    private func flushLazyChanges() {
+        lazyFlush = nil
+        if !pending.isEmpty { pending.urgent = true }
+        commitIfIdle()
+    }
+
+    private func committed(_ batch: CommitBatch, changes: [StoreChange], result: Result<Void, any Error>) {
+        committing = false
+        switch result {
+        case .success:
+            // Attempts first: they leave before callers are answered (encoding a 202 takes longer
+            // than handing a call to libcurl). An answer comes back in a later turn, after the
+            // waiters registered below.
+            for case .attempt(let dispatch, let token, let call, let time) in batch.followUps {
+                depart(dispatch, token: token, call: call, dispatchedAt: time)
+            }
+            for followUp in batch.followUps {
+                switch followUp {
+                case .attempt: break
+                case .admission(let id, let waiting, let promise): admitted(id, waiting: waiting, promise: promise)
+                case .withdrawal(let id, let promise):
+                    promise.succeed(records[id].map { .withdrawn(document(for: $0)) } ?? .notFound)
+                case .drained(let promise): promise.succeed(())
+                }
+            }
+        case .failure(let error):
+            unsaved.remember(changes)
+            scheduleRetry()
+            // Admissions first: a job admitted and dispatched in this batch goes with its request.
+            for case .admission(let id, _, let promise) in batch.followUps {
+                _ = scheduler.retract(id)
+                records[id] = nil
+                resumeWaiters(of: id)
+                logger.error("could not store a request; it was refused", metadata: ["request": "\(id)", "error": "\(error)"])
+                promise.succeed(.storeUnavailable("\(error)"))
+            }
+            for followUp in batch.followUps {
+                switch followUp {
+                case .admission: break
+                case .attempt(let dispatch, _, _, _): notSent(dispatch, error: error)
+                // Withdrawn in memory (its waiters were answered); written again later.
+                case .withdrawal(_, let promise): promise.fail(error)
+                case .drained(let promise): promise.fail(error)
+                }
+            }
+            if !batch.followUps.isEmpty { pumpWanted = true }
+        }
+        commitIfIdle()
+    }
+
+    /// Writes what failed commits left out again `retryDelay` later, unless another commit
+    /// carries it first.
+    private func scheduleRetry() {
+        guard retryFlush == nil else { return }
+        retryFlush = eventLoop.scheduleTask(in: Self.retryDelay) {
+            self.assumeIsolated { gateway in
+                gateway.retryFlush = nil
+                if !gateway.unsaved.isEmpty { gateway.logger.notice("writing again what a failed commit left out") }
+                gateway.commitIfIdle()
+            }
+        }
+    }
+
+    /// Commits everything pending, outcomes included, and answers once that is stored: at
+    /// shutdown, before the store closes.
+    public func drain() -> EventLoopFuture<Void> {
+        let promise = eventLoop.makePromise(of: Void.self)
+        pending.followUp(.drained(promise))
+        retryFlush?.cancel()
+        retryFlush = nil
+        commitIfIdle()
+        return promise.futureResult
+    }
+}
+
+/// The changes and follow-ups waiting for the next commit.
+struct CommitBatch {
+    /// What runs, in the turn the commit returns, for what the batch carried.
+    enum FollowUp {
+        /// A new request: answer its caller, or start waiting for its answer.
+        case admission(RequestID, Gateway.Waiting, EventLoopPromise<Gateway.Answer>)
+        /// An attempt: it leaves.
+        case attempt(Scheduler.Dispatch, token: String, call: UpstreamCall, dispatchedAt: Timestamp)
+        case withdrawal(RequestID, EventLoopPromise<Gateway.Withdrawal>)
+        case drained(EventLoopPromise<Void>)
+    }
+
+    /// Records to write, in the state they have when the batch is cut (so several changes of
+    /// one record in a batch are one row written); a record gone by then is deleted.
+    private var recordIDs: [RequestID] = []
+    private var marked: Set<RequestID> = []
+    /// Attempts, departures and the pause, in order.
+    private var other: [StoreChange] = []
+    private(set) var followUps: [FollowUp] = []
+    /// Someone waits for this batch: it is cut as soon as no commit is being written.
+    var urgent = false
+
+    var isEmpty: Bool { recordIDs.isEmpty && other.isEmpty && followUps.isEmpty }
+
+    mutating func write(_ id: RequestID) {
+        if marked.insert(id).inserted { recordIDs.append(id) }
+    }
+
+    mutating func append(_ change: StoreChange) {
+        other.append(change)
+    }
+
+    mutating func followUp(_ followUp: FollowUp) {
+        followUps.append(followUp)
+        urgent = true
+    }
+
+    /// The batch as the store takes it, with each record as it is now.
+    func changes(records: SlotTable<RequestRecord>) -> [StoreChange] {
+        var changes = other
+        changes.reserveCapacity(other.count + recordIDs.count)
+        for id in recordIDs { changes.append(records[id].map(StoreChange.record) ?? .forget(id)) }
+        return changes
+    }
+}
+
+/// Changes a failed commit did not store: records by id (so the newest state is written, never
+/// an old one over a newer), attempts, departures and pauses as they were.
+struct UnsavedChanges {
+    private var recordIDs: [RequestID] = []
+    private var marked: Set<RequestID> = []
+    private var other: [StoreChange] = []
+
+    var isEmpty: Bool { recordIDs.isEmpty && other.isEmpty }
+
+    mutating func remember(_ changes: [StoreChange]) {
+        for change in changes {
+            switch change {
+            case .attempt, .departure, .pause: other.append(change)
+            case .record(let record): if marked.insert(record.id).inserted { recordIDs.append(record.id) }
+            case .forget(let id): if marked.insert(id).inserted { recordIDs.append(id) }
+            }
+        }
+    }
+
+    /// The changes that bring the store up to date, and forgets them.
+    mutating func take(records: SlotTable<RequestRecord>) -> [StoreChange] {
+        guard !isEmpty else { return [] }
+        var changes = other
+        for id in recordIDs { changes.append(records[id].map(StoreChange.record) ?? .forget(id)) }
+        self = UnsavedChanges()
+        return changes
+    }
+}

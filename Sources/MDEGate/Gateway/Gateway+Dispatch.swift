@@ -1,0 +1,193 @@
+import Foundation
+import MDEGateCore
+import MDEGateTransport
+import NIOCore
+
+/// Dispatching: what the quota allows now goes into the next commit, and leaves once that
+/// committed; answers come back from libcurl's thread as one event-loop callback each.
+extension Gateway {
+    /// Takes every attempt the quota allows now into the pending batch (the ledger counts each
+    /// one from this instant), then sets the timer for the next free slot. Runs only just before
+    /// a batch is cut (`commitIfIdle`), never while a commit is being written.
+    func pump() {
+        let time = now()
+        purgeIfDue(at: time)
+        var tokenProblem = false
+        while true {
+            // Check the token before spending a slot: an attempt that cannot be sent must not count.
+            guard case .success(let token) = tokens.token(at: time) else {
+                tokenProblem = true
+                break
+            }
+            guard let dispatch = scheduler.nextDispatch(at: time) else { break }
+            prepare(dispatch, token: token, at: time)
+        }
+        if tokenProblem, scheduler.nextWakeup(after: time) != nil {
+            // Work is waiting but there is no token: ask again in a second (a token file is
+            // looked at again; a token fetch in the background also wakes the gateway itself).
+            setTimer(for: time + .seconds(1))
+        } else {
+            setTimer(for: scheduler.nextWakeup(after: time))
+        }
+    }
+
+    /// Puts the attempt and its requests' new state into the pending batch; it is sent once
+    /// that batch committed (`depart`).
+    private func prepare(_ dispatch: Scheduler.Dispatch, token: String, at time: Timestamp) {
+        for member in dispatch.members {
+            records[member]?.state = .sending
+            records[member]?.attempts = dispatch.attempt
+            pending.write(member)
+        }
+        let comment = dispatch.members.first.flatMap { records[$0]?.comment } ?? ""
+        logger.debug(
+            "attempt starts",
+            metadata: [
+                "request": "\(dispatch.job)", "machineAction": "\(dispatch.machineActionID)",
+                "attempt": "\(dispatch.attempt)",
+            ])
+        pending.append(.attempt(time))
+        pending.followUp(
+            .attempt(
+                dispatch, token: token, call: .cancel(machineActionID: dispatch.machineActionID, comment: comment),
+                dispatchedAt: time))
+    }
+
+    /// The attempt is stored: it leaves now. Its departure restamps the ledger (it left a little
+    /// after its slot was taken) and rides in a later commit.
+    func depart(_ dispatch: Scheduler.Dispatch, token: String, call: UpstreamCall, dispatchedAt time: Timestamp) {
+        let departed = now()
+        scheduler.attemptDeparted(dispatchedAt: time, at: departed)
+        if departed > time { pending.append(.departure(recorded: time, departed: departed)) }
+        let loop = eventLoop
+        upstream.send(call, token: token) { result in
+            loop.execute { self.assumeIsolated { $0.finish(dispatch, token: token, result: result) } }
+        }
+    }
+
+    /// The attempt's commit failed, so it was not sent: the job goes back to the head of its
+    /// queue without using a retry, and dispatch pauses a moment (sending on would spend the
+    /// quota on calls that could not be recorded).
+    func notSent(_ dispatch: Scheduler.Dispatch, error: any Error) {
+        guard let job = scheduler.job(id: dispatch.job), job.state == .sending else { return }
+        _ = scheduler.finish(dispatch.job, outcome: .notSent, at: now(), jitter: 0)
+        logger.error(
+            "could not store an attempt, so it was not sent; dispatch pauses a second at a time until the state can be written",
+            metadata: ["request": "\(dispatch.job)", "error": "\(error)"])
+        requeue(job.members, lastError: "not sent yet: the state could not be written (\(error))")
+    }
+
+    private func finish(_ dispatch: Scheduler.Dispatch, token: String, result: Result<HTTPResponse, TransportError>) {
+        let time = now()
+        let outcome: AttemptOutcome
+        var answer: RequestRecord.Response?
+        var failure: String?
+        switch result {
+        case .success(let response):
+            outcome = .answered(status: response.status, retryAfter: retryAfter(response.header("Retry-After")))
+            answer = .init(status: response.status, body: response.body, contentType: response.header("Content-Type"))
+            lastUpstreamStatus = response.status
+            lastUpstreamError = nil
+        case .failure(let error):
+            outcome = .unanswered
+            failure = error.description
+            lastUpstreamError = error.description
+        }
+        let members = scheduler.job(id: dispatch.job)?.members ?? dispatch.members
+        let resolution = scheduler.finish(dispatch.job, outcome: outcome, at: time, jitter: Double.random(in: 0..<1))
+        switch resolution {
+        case .finished(let finishedMembers, let attempts):
+            for member in finishedMembers {
+                guard var record = records[member] else { continue }
+                record.attempts = attempts
+                record.response = answer
+                record.lastError = failure
+                record.completedAt = time
+                record.state = (answer.map { (200..<300).contains($0.status) } ?? false) ? .done : .failed
+                records[member] = record
+                pending.write(member)
+                // The caller is answered now; the outcome is written with the next commit.
+                resumeWaiters(of: member)
+            }
+            logger.info(
+                "cancel finished",
+                metadata: [
+                    "request": "\(dispatch.job)", "machineAction": "\(dispatch.machineActionID)",
+                    "status": "\(answer.map { String($0.status) } ?? "no answer")", "attempts": "\(attempts)",
+                    "requests": "\(finishedMembers.count)",
+                ].merging(failure.map { ["error": "\($0)"] } ?? [:]) { $1 })
+        case .retrying(let at, let attempts):
+            logger.notice(
+                "attempt failed; retrying",
+                metadata: [
+                    "request": "\(dispatch.job)", "status": "\(answer.map { String($0.status) } ?? "no answer")",
+                    "attempts": "\(attempts)", "retryAt": "\(JSON.timestamp(at))",
+                ].merging(failure.map { ["error": "\($0)"] } ?? [:]) { $1 })
+            requeue(members, lastError: failure)
+        case .notSent:
+            // Only `notSent(_:error:)` reports this outcome.
+            requeue(members, lastError: nil)
+        case .reauthorizing:
+            // Fetch a new token (or look at the token file again) and send once more.
+            logger.notice(
+                "upstream answered 401: the access token was refused; sending once more after getting a token again",
+                metadata: ["request": "\(dispatch.job)"])
+            tokens.rejected(token)
+            requeue(members, lastError: nil)
+        case .throttled(let until):
+            logger.warning(
+                "upstream answered 429: pausing all dispatch",
+                metadata: ["request": "\(dispatch.job)", "pausedUntil": "\(JSON.timestamp(until))"])
+            // The pause must survive a restart: it is written as soon as the writer is free.
+            pending.append(.pause(until: until))
+            pending.urgent = true
+            requeue(members, lastError: nil)
+        }
+        requestPump()
+    }
+
+    func requeue(_ members: [RequestID], lastError: String?) {
+        for member in members {
+            guard var record = records[member] else { continue }
+            record.state = .queued
+            record.lastError = lastError
+            if let job = scheduler.job(of: member) { record.attempts = job.attempts }
+            records[member] = record
+            pending.write(member)
+        }
+    }
+
+    // MARK: Timer
+
+    func setTimer(for deadline: Timestamp?) {
+        if deadline == timerDeadline, timer != nil { return }
+        timer?.cancel()
+        timer = nil
+        timerDeadline = deadline
+        guard let deadline else { return }
+        let delay = max(deadline - now(), .zero)
+        timer = eventLoop.scheduleTask(in: .nanoseconds(delay.nanoseconds)) {
+            self.assumeIsolated { $0.timerFired(deadline) }
+        }
+    }
+
+    private func timerFired(_ deadline: Timestamp) {
+        guard deadline == timerDeadline else { return }
+        timer = nil
+        timerDeadline = nil
+        requestPump()
+    }
+
+    /// Forgets finished records past their retention, at most once a minute.
+    private func purgeIfDue(at time: Timestamp) {
+        guard time - lastPurge >= .seconds(60) else { return }
+        lastPurge = time
+        let horizon = time - settings.retention
+        let expired = records.values.filter { ($0.completedAt ?? time) < horizon }.map(\.id)
+        for id in expired {
+            records[id] = nil
+            // Written as a deletion: the record is gone.
+            pending.write(id)
+        }
+    }
+}
