@@ -184,4 +184,29 @@ struct DurabilityTests {
             #expect(answer.status == 200, "\(answer.summary)")
         }
     }
+
+    @Test("a second daemon on the same state file refuses to start, naming state.path and the holder's pid; after kill -9 the file is free again")
+    func oneDaemonPerStateFile() async throws {
+        try await withRig { rig in
+            // Another socket, the same state: as an operator's manual run beside the service.
+            let config = try String(contentsOfFile: rig.gateway.configPath, encoding: .utf8)
+                .replacingOccurrences(of: rig.gateway.socketPath, with: rig.directory.file("second.sock"))
+            try rig.directory.write(config, to: "second.yaml")
+            let second = try await CommandResult.run(["serve", "--config", rig.directory.file("second.yaml")])
+            #expect(second.exitCode != 0, "\(second)")
+            #expect(second.stderr.contains("state.path"), "\(second)")
+            #expect(second.stderr.contains(rig.directory.file("state.sqlite")), "\(second)")
+            #expect(second.stderr.contains("process \(rig.gateway.process.pid)"), "\(second)")
+            #expect(!FileManager.default.fileExists(atPath: rig.directory.file("second.sock")), "it never served")
+            let answer = try await rig.client.cancel(machineActionID())
+            #expect(answer.status == 200, "the first daemon serves on: \(answer.summary)")
+
+            // kill -9 leaves no stale lock: the kernel let go of it with the process.
+            try await rig.gateway.crash()
+            try await withRestartedGateway(rig, GatewayOptions()) { restarted in
+                let status = try await restarted.client.status()
+                #expect(status["queue"]?["depth"]?.int == 0)
+            }
+        }
+    }
 }
