@@ -58,11 +58,17 @@ let package = Package(
                 .product(name: "Configuration", package: "swift-configuration"),
             ]
         ),
-        // The daemon: store, dispatcher, Unix socket server, command line client.
+        // The local API's documents (status, request record, errors) and the one JSON setup:
+        // shared by the daemon, the command line client and the tests.
+        .target(name: "MDEGateWire", dependencies: ["MDEGateCore"]),
+        // The command line's client of a running gateway, and its human-readable renderings.
+        .target(name: "MDEGateClient", dependencies: ["MDEGateWire", "MDEGateTransport"]),
+        // The daemon: gateway, store, Unix socket server, token sources, systemd glue.
         .target(
             name: "MDEGate",
             dependencies: [
                 "MDEGateCore",
+                "MDEGateWire",
                 "MDEGateConfig",
                 "MDEGateTransport",
                 "CMDEGateSystem",
@@ -85,6 +91,8 @@ let package = Package(
             name: "mdegate",
             dependencies: [
                 "MDEGate",
+                "MDEGateClient",
+                "MDEGateWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -121,12 +129,13 @@ let package = Package(
             ]
         ),
         .testTarget(name: "MDEGateConfigTests", dependencies: ["MDEGateConfig"]),
-        .testTarget(name: "MDEGateTests", dependencies: ["MDEGate"]),
+        .testTarget(name: "MDEGateTests", dependencies: ["MDEGate", "MDEGateWire", "MDEGateClient"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
                 "MDEGateTransport",
                 "MDEGateCore",
+                "MDEGateWire",
                 // For the loopback CONNECT proxy the proxy tests put between gateway and simulator.
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

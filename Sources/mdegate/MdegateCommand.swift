@@ -1,8 +1,10 @@
 import ArgumentParser
 import Foundation
 import MDEGate
+import MDEGateClient
 import MDEGateConfig
 import MDEGateTransport
+import MDEGateWire
 
 /// Exit codes a script can rely on.
 enum ExitStatus {

@@ -62,8 +62,7 @@ struct GatewayTests {
             return
         }
         #expect(otherRecord.response?.status == 200)
-        let joined = try await joiner.value.record
-        #expect(joined != nil, "the joiner was stored in a later commit and stays accepted")
+        let joined = try #require(try await joiner.value.id, "the joiner was stored in a later commit and stays accepted")
 
         // The first request exists nowhere: not in memory, not in the store.
         let refusedID = try await store.load().records.map(\.id)
@@ -72,7 +71,7 @@ struct GatewayTests {
         // What was sent for action 1 was sent for the joiner, which was accepted, after the
         // store recovered; never before the failed commit was reconciled.
         try await eventually("the joiner's job sent after the pause") {
-            await gateway.document(joined!.id)?.record.state.isFinal == true
+            await gateway.records[joined]?.state.isFinal == true
         }
         #expect(upstream.arrivedIDs.sorted() == [actionID(1), actionID(2)])
 
@@ -89,16 +88,17 @@ struct GatewayTests {
     func failedAdmissionAloneIsNeverSent() async throws {
         let store = ControlledStore()
         let upstream = ScriptedUpstream()
-        // The only slot of the window is taken: the request is admitted first, dispatched later.
+        // The only slot of the hour is taken: the request is admitted first, dispatched later.
         try await store.apply([.attempt(Gateway.wallClock())])
-        let settings = Gateway.Settings.testing([Limit(calls: 1, window: .milliseconds(300))])
+        let settings = Gateway.Settings.testing([Limit(calls: 1, window: .seconds(3600))])
         let gateway = scriptedGateway(settings, store: store, upstream: upstream)
         try await gateway.start()
         store.holdNextCommit()
         let refused = Task { try await gateway.submitted(actionID(1)) }
         _ = await store.heldCommit()
-        // The slot frees while the admission is still being written: the pump must wait.
-        try await eventually("the slot freed and a pump is wanted") { await gateway.pumpWanted }
+        // A slot frees (a reload) while the admission is still being written: the pump waits.
+        await gateway.loosen(to: [Limit(calls: 2, window: .seconds(3600))])
+        #expect(await gateway.pumpWanted, "the pump waits for the commit being written")
         #expect(upstream.arrivals.isEmpty)
         store.release(failing: true)
         guard case .storeUnavailable = try await refused.value else {
@@ -108,6 +108,7 @@ struct GatewayTests {
         // The gateway settles: the failed changes are written again a second later.
         try await eventually("the store up to date") { await gateway.unsaved.isEmpty && store.commits >= 2 }
         #expect(upstream.arrivals.isEmpty, "nothing was sent")
+        #expect(await gateway.status().limits[0].used == 1, "no slot was spent on it")
         #expect(try await store.load().records.isEmpty, "no record of the refused request")
         let restarted = scriptedGateway(settings, store: store, upstream: upstream)
         try await restarted.start()
@@ -120,32 +121,34 @@ struct GatewayTests {
         let store = ControlledStore()
         let upstream = ScriptedUpstream()
         try await store.apply([.attempt(Gateway.wallClock())])
-        let settings = Gateway.Settings.testing([Limit(calls: 1, window: .milliseconds(300))])
-        let gateway = scriptedGateway(settings, store: store, upstream: upstream)
+        let gateway = scriptedGateway(.testing([Limit(calls: 1, window: .seconds(3600))]), store: store, upstream: upstream)
         try await gateway.start()
-        guard let record = try await gateway.submitted(actionID(1)).record else {
+        guard let id = try await gateway.submitted(actionID(1)).id else {
             Issue.record("accepted while the slot is taken")
             return
         }
-        // The slot frees 300 ms on; its attempt's commit is held, then fails.
+        // A slot frees (a reload); the commit of its attempt is held, then fails.
         store.holdNextCommit()
+        await gateway.loosen(to: [Limit(calls: 2, window: .seconds(3600))])
         let held = await store.heldCommit()
         #expect(held.contains { if case .attempt = $0 { true } else { false } })
         store.setFailing(true)
         store.release(failing: true)
         try await eventually("the job back in line, paused") {
             let scheduler = await gateway.scheduler
-            return scheduler.job(of: record.id)?.state == .queued && scheduler.pausedUntil != nil
+            return scheduler.job(of: id)?.state == .queued && scheduler.pausedUntil != nil
         }
         #expect(upstream.arrivals.isEmpty, "the attempt that could not be stored did not leave")
-        #expect(await gateway.scheduler.ledger.used(settings.limits[0], at: Gateway.wallClock()) == 1, "its slot stays spent")
-        #expect(await gateway.document(record.id)?.record.lastError?.contains("not sent") == true)
+        #expect(await gateway.status().limits[0].used == 2, "its slot stays spent")
+        #expect(await gateway.records[id]?.lastError?.contains("not sent") == true)
 
+        // The store recovers and one more slot frees: sent once, after the second's pause.
         store.setFailing(false)
+        await gateway.loosen(to: [Limit(calls: 3, window: .seconds(3600))])
         await upstream.arrived(1)
-        try await eventually("done") { await gateway.document(record.id)?.record.state == .done }
+        try await eventually("done") { await gateway.records[id]?.state == .done }
         #expect(upstream.arrivedIDs == [actionID(1)], "sent exactly once")
-        #expect(await gateway.document(record.id)?.record.attempts == 2, "the attempt that was not sent still counts")
+        #expect(await gateway.records[id]?.attempts == 2, "the attempt that was not sent still counts")
     }
 
     @Test("the local API answers 503 StoreUnavailable with Retry-After when an admission or a withdrawal cannot be stored")

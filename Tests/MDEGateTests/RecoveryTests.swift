@@ -52,7 +52,7 @@ struct RecoveryTests {
         #expect(status.limits.first?.used == 1)
         #expect(status.queue.depth == 3)
         let interrupted = try #require(await gateway.document("r1"))
-        #expect(interrupted.record.state == .queued)
+        #expect(interrupted.state == .queued)
         #expect(interrupted.position == 1)
         #expect(await gateway.document("r3")?.position == 1, "r3 rides on r1's job")
         #expect(await gateway.document("r2")?.position == 2)
@@ -66,7 +66,7 @@ struct RecoveryTests {
             Issue.record("expected the new request to be accepted")
             return
         }
-        #expect(joined.record.joined == "r1")
+        #expect(joined.joined == "r1")
     }
 }
 
@@ -92,16 +92,19 @@ struct FailedWriteTests {
         let gateway = offlineGateway(store: store, transport: transport)
         try await gateway.start()
         let client = RequestRecord.Client(uid: 1000, pid: 42, name: nil)
-        guard let first = try await gateway.submitted(actionID(1), client: client).record else {
+        guard let first = try await gateway.submitted(actionID(1), client: client).id else {
             Issue.record("the first request was not accepted")
             return
         }
 
         // A synchronous caller waiting for the first request.
-        let waiter = Task { try await gateway.wait(for: first.id, timeout: nil).get().record }
-        _ = try await eventuallyTrue("the caller waiting") { await gateway.waiterCount(for: first.id) == 1 }
+        let waiter = Task { () async throws -> RequestRecord? in
+            guard case .final(let record) = try await gateway.wait(for: first, timeout: nil).get() else { return nil }
+            return record
+        }
+        _ = try await eventuallyTrue("the caller waiting") { await gateway.waiterCount(for: first) == 1 }
         store.setFailing(true)
-        await #expect(throws: StoreError.self) { try await gateway.withdraw(first.id).get() }
+        await #expect(throws: StoreError.self) { try await gateway.withdraw(first).get() }
         #expect(try await waiter.value?.state == .withdrawn, "the waiter is answered although the write failed")
         guard case .storeUnavailable = try await gateway.submitted(actionID(2), client: client) else {
             Issue.record("an admission that cannot be stored is refused")
@@ -113,12 +116,12 @@ struct FailedWriteTests {
         store.setFailing(false)
         // Written again on its own a second later, with no other change to carry it.
         _ = try await eventuallyTrue("the withdrawal written") { try await store.load().records.first?.state == .withdrawn }
-        guard let third = try await gateway.submitted(actionID(3), client: client).record else {
+        guard let third = try await gateway.submitted(actionID(3), client: client).id else {
             Issue.record("the third request was not accepted")
             return
         }
         let stored = try await store.load().records
-        #expect(stored.map(\.id) == [first.id, third.id], "the refused admission never reaches the store")
+        #expect(stored.map(\.id) == [first, third], "the refused admission never reaches the store")
         #expect(stored.first?.state == .withdrawn, "the withdrawal was written with the next batch")
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Logging
+import MDEGateWire
 import ServiceLifecycle
 
 /// Tells systemd what the daemon is doing, in sd_notify's protocol: `KEY=VALUE` lines in one

@@ -1,6 +1,7 @@
 import Foundation
 import MDEGateCore
 import MDEGateTransport
+import MDEGateWire
 import NIOCore
 
 /// Dispatching: what the quota allows now goes into the next commit, and leaves once that

@@ -1,5 +1,6 @@
 import Foundation
 import MDEGateCore
+import MDEGateWire
 import NIOCore
 
 /// The request API: admission, waiting, reading and withdrawing, each in one turn of the loop.

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MDEGateCore
 import MDEGateTransport
+import MDEGateWire
 import NIOCore
 
 /// The heart of the daemon: admits requests, dispatches them upstream exactly when the quota

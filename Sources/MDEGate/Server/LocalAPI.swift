@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MDEGateCore
+import MDEGateWire
 import NIOCore
 
 /// A request that arrived on the Unix socket, fully read (or cut short past the body limit).
@@ -34,21 +35,6 @@ public struct LocalResponse: Sendable {
 
     static func json(_ status: Int, _ value: some Encodable, headers: [(name: String, value: String)] = []) -> LocalResponse {
         LocalResponse(status: status, headers: [("Content-Type", "application/json; charset=utf-8")] + headers, body: JSON.encode(value))
-    }
-}
-
-/// The error shape of the upstream (`{"error":{"code","message","target"}}`), used for mdegate's
-/// own errors too, so a tool handles both alike.
-public struct ErrorDocument: Codable, Sendable {
-    public struct Body: Codable, Sendable {
-        public var code: String
-        public var message: String
-        public var target: String
-    }
-    public var error: Body
-
-    public init(code: String, message: String, target: String) {
-        error = Body(code: code, message: message, target: target)
     }
 }
 
@@ -160,7 +146,7 @@ public struct LocalAPI: Sendable {
                     409,
                     ErrorDocument(
                         code: "Conflict",
-                        message: "request \(id) was already sent upstream (state \(document.record.state.rawValue)); it can no longer be withdrawn",
+                        message: "request \(id) was already sent upstream (state \(document.state.rawValue)); it can no longer be withdrawn",
                         target: id),
                     headers: [("Mdegate-Request-Id", id)])
             case .notFound:
@@ -178,7 +164,7 @@ public struct LocalAPI: Sendable {
     private func response(to answer: Gateway.Answer) -> LocalResponse {
         switch answer {
         case .accepted(let document):
-            let id = document.record.id
+            let id = document.id
             return .json(202, document, headers: [("Location", "/v1/requests/\(id)"), ("Mdegate-Request-Id", id)])
         case .final(let record): return final(record)
         case .queueFull:

@@ -1,6 +1,6 @@
 import Foundation
-import MDEGateCore
 import Logging
+import MDEGateCore
 import NIOCore
 import NIOExtras
 import NIOHTTP1

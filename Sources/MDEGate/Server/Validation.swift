@@ -1,4 +1,5 @@
 import Foundation
+import MDEGateWire
 
 struct ValidationProblem: Error {
     var message: String

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MDEGateCore
 import MDEGateTransport
+import MDEGateWire
 
 /// OAuth2 client credentials against the Microsoft identity platform: a client secret or a
 /// certificate-signed client assertion buys an access token, which is cached and refreshed

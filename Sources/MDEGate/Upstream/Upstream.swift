@@ -1,6 +1,7 @@
 import Foundation
 import MDEGateCore
 import MDEGateTransport
+import MDEGateWire
 
 /// One upstream call, as the gateway asks for it: what goes on the wire below the base URL.
 /// Built only from validated input (ids are checked before they become part of a path).

@@ -152,6 +152,11 @@ func scriptedGateway(
 let testClient = RequestRecord.Client(uid: 1000, pid: 42, name: "test")
 
 extension Gateway {
+    /// A reload to `limits` (everything else as `Settings.testing`): frees slots on demand.
+    func loosen(to limits: [Limit]) {
+        reconfigure(settings: .testing(limits), upstream: upstream, tokens: tokens)
+    }
+
     /// Submits and awaits the answer, for tests.
     func submitted(_ machineActionID: String, waiting: Waiting = .untilStored, client: RequestRecord.Client = testClient)
         async throws -> Answer
@@ -161,11 +166,11 @@ extension Gateway {
 }
 
 extension Gateway.Answer {
-    /// The record of an accepted or final answer.
-    var record: RequestRecord? {
+    /// The request id of an accepted or final answer.
+    var id: RequestID? {
         switch self {
-        case .accepted(let document): document.record
-        case .final(let record): record
+        case .accepted(let document): document.id
+        case .final(let record): record.id
         default: nil
         }
     }

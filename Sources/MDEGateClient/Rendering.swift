@@ -1,4 +1,5 @@
 import Foundation
+import MDEGateWire
 
 /// Human-readable renderings of the gateway's JSON documents for `mdegate status` and
 /// `mdegate request`: aligned tables an operator can read at 3 a.m.

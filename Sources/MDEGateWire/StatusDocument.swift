@@ -6,27 +6,57 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var windowSeconds: Double
         public var used: Int
         public var nextFreeAt: String?
+
+        public init(spec: String, calls: Int, windowSeconds: Double, used: Int, nextFreeAt: String?) {
+            self.spec = spec
+            self.calls = calls
+            self.windowSeconds = windowSeconds
+            self.used = used
+            self.nextFreeAt = nextFreeAt
+        }
     }
 
     public struct Queue: Codable, Sendable, Equatable {
         public struct ClientDepth: Codable, Sendable, Equatable {
             public var client: String
             public var depth: Int
+
+            public init(client: String, depth: Int) {
+                self.client = client
+                self.depth = depth
+            }
         }
         public var depth: Int
         public var clients: [ClientDepth]
+
+        public init(depth: Int, clients: [ClientDepth]) {
+            self.depth = depth
+            self.clients = clients
+        }
     }
 
     public struct Upstream: Codable, Sendable, Equatable {
         public var baseUrl: String
         public var lastStatus: Int?
         public var lastError: String?
+
+        public init(baseUrl: String, lastStatus: Int?, lastError: String?) {
+            self.baseUrl = baseUrl
+            self.lastStatus = lastStatus
+            self.lastError = lastError
+        }
     }
 
     public struct Auth: Codable, Sendable, Equatable {
         public var mode: String
         public var tokenExpiresAt: String?
         public var lastError: String?
+
+        public init(mode: String, tokenExpiresAt: String?, lastError: String?) {
+            self.mode = mode
+            self.tokenExpiresAt = tokenExpiresAt
+            self.lastError = lastError
+        }
     }
 
     public var limits: [LimitState]
@@ -36,6 +66,19 @@ public struct StatusDocument: Codable, Sendable, Equatable {
     public var inFlight: Int
     public var upstream: Upstream
     public var auth: Auth
+
+    public init(
+        limits: [LimitState], guardMs: Int, queue: Queue, pausedUntil: String?, inFlight: Int, upstream: Upstream,
+        auth: Auth
+    ) {
+        self.limits = limits
+        self.guardMs = guardMs
+        self.queue = queue
+        self.pausedUntil = pausedUntil
+        self.inFlight = inFlight
+        self.upstream = upstream
+        self.auth = auth
+    }
 
     enum CodingKeys: String, CodingKey { case limits, guardMs, queue, pausedUntil, inFlight, upstream, auth }
 
