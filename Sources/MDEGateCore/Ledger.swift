@@ -25,11 +25,29 @@ public struct Ledger: Sendable {
         self.attempts = Deque(attempts.sorted())
     }
 
+    /// How far back the rule looks: the longest window plus the guard band. The ledger keeps
+    /// no attempt older than that.
+    public var horizon: Duration { Self.horizon(limits: limits, guardBand: guardBand) }
+
+    public static func horizon(limits: [Limit], guardBand: Duration) -> Duration {
+        (limits.map(\.window).max() ?? .zero) + guardBand
+    }
+
     /// Changes the limits (a configuration reload). The attempts already made keep counting.
-    public mutating func reconfigure(limits: [Limit], guardBand: Duration) {
+    ///
+    /// A reload that lengthens the horizon (a longer window or guard band) must count attempts
+    /// the ledger has already let go of: the caller passes them as `earlier` (the store keeps a
+    /// day of attempts). Only those older than every attempt the ledger still holds are taken;
+    /// the ones it holds are its own, restamped to when they left.
+    public mutating func reconfigure(limits: [Limit], guardBand: Duration, earlier: some Sequence<Timestamp> = []) {
         precondition(!limits.isEmpty, "a ledger needs at least one limit")
         self.limits = limits
         self.guardBand = guardBand
+        let oldest = attempts.first
+        let history = earlier.filter { time in oldest.map { time < $0 } ?? true }.sorted()
+        guard !history.isEmpty else { return }
+        attempts.insert(contentsOf: history, at: 0)
+        if let newest = attempts.last { forget(before: newest) }
     }
 
     /// The earliest instant at or after `now` at which one more attempt satisfies every limit.

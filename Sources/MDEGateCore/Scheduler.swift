@@ -344,12 +344,14 @@ public struct Scheduler: Sendable {
 
     // MARK: Configuration and state
 
-    /// Applies reloaded settings; queue, jobs and the ledger's attempts are kept.
+    /// Applies reloaded settings; queue, jobs and the ledger's attempts are kept. A reload that
+    /// lengthens the ledger's horizon needs the attempts it already let go of, as `earlierAttempts`
+    /// (see `Ledger.reconfigure`).
     public mutating func reconfigure(
         limits: [Limit], guardBand: Duration, retryPolicy: RetryPolicy,
-        maxConcurrency: Int, maxPending: Int
+        maxConcurrency: Int, maxPending: Int, earlierAttempts: [Timestamp] = []
     ) {
-        ledger.reconfigure(limits: limits, guardBand: guardBand)
+        ledger.reconfigure(limits: limits, guardBand: guardBand, earlier: earlierAttempts)
         self.retryPolicy = retryPolicy
         self.maxConcurrency = max(1, maxConcurrency)
         self.maxPending = max(1, maxPending)

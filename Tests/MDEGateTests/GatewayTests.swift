@@ -97,7 +97,7 @@ struct GatewayTests {
         let refused = Task { try await gateway.submitted(actionID(1)) }
         _ = await store.heldCommit()
         // A slot frees (a reload) while the admission is still being written: the pump waits.
-        await gateway.loosen(to: [Limit(calls: 2, window: .seconds(3600))])
+        try await gateway.loosen(to: [Limit(calls: 2, window: .seconds(3600))])
         #expect(await gateway.pumpWanted, "the pump waits for the commit being written")
         #expect(upstream.arrivals.isEmpty)
         store.release(failing: true)
@@ -129,7 +129,7 @@ struct GatewayTests {
         }
         // A slot frees (a reload); the commit of its attempt is held, then fails.
         store.holdNextCommit()
-        await gateway.loosen(to: [Limit(calls: 2, window: .seconds(3600))])
+        try await gateway.loosen(to: [Limit(calls: 2, window: .seconds(3600))])
         let held = await store.heldCommit()
         #expect(held.contains { if case .attempt = $0 { true } else { false } })
         store.setFailing(true)
@@ -144,7 +144,7 @@ struct GatewayTests {
 
         // The store recovers and one more slot frees: sent once, after the second's pause.
         store.setFailing(false)
-        await gateway.loosen(to: [Limit(calls: 3, window: .seconds(3600))])
+        try await gateway.loosen(to: [Limit(calls: 3, window: .seconds(3600))])
         await upstream.arrived(1)
         try await eventually("done") { await gateway.records[id]?.state == .done }
         #expect(upstream.arrivedIDs == [actionID(1)], "sent exactly once")
@@ -185,6 +185,25 @@ struct GatewayTests {
         #expect(String(decoding: withdrawal.body, as: UTF8.self).contains(#""code":"StoreUnavailable""#))
         #expect(withdrawal.headers.contains { $0.name == "Retry-After" })
         #expect(upstream.arrivals.isEmpty)
+    }
+
+    @Test("a reload that lengthens a window counts again, from the store, the attempts the ledger had let go of")
+    func reloadToLongerWindowReadsHistory() async throws {
+        let store = ControlledStore()
+        let upstream = ScriptedUpstream()
+        let now = Gateway.wallClock()
+        try await store.apply([.attempt(now - .seconds(30)), .attempt(now - .seconds(20))])
+        let gateway = scriptedGateway(.testing([Limit(calls: 1, window: .seconds(1))]), store: store, upstream: upstream)
+        try await gateway.start()
+        guard case .final = try await gateway.submitted(actionID(1), waiting: .untilFinal(timeout: nil)) else {
+            Issue.record("sent at once under 1/1s")
+            return
+        }
+        #expect(await gateway.scheduler.ledger.attempts.count == 1, "the two older attempts left the ledger")
+        try await gateway.loosen(to: [Limit(calls: 3, window: .seconds(60))])
+        #expect(await gateway.status().limits[0].used == 3, "all three attempts of the last minute count")
+        _ = try await gateway.submitted(actionID(2))
+        #expect(upstream.arrivals.count == 1, "the minute is spent: the next request waits")
     }
 
     @Test("status counts queued requests without reading them, coalesced and in-flight ones told apart")

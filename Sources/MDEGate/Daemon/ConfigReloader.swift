@@ -89,10 +89,18 @@ struct ConfigReloader: Service {
                 return
             }
         }
-        await gateway.reconfigure(
-            settings: Gateway.Settings(configuration),
-            upstream: CurlUpstream(transport: transport, baseURL: configuration.upstream.baseURL),
-            tokens: tokens)
+        do {
+            try await gateway.reconfigure(
+                settings: Gateway.Settings(configuration),
+                upstream: CurlUpstream(transport: transport, baseURL: configuration.upstream.baseURL),
+                tokens: tokens)
+        } catch {
+            if transport !== oldTransport { transport.shutdown() }
+            logger.error(
+                "the new limits need the attempts of a longer window, which could not be read; the running configuration stays",
+                metadata: ["problem": "\(error)"])
+            return
+        }
         // Attempts still in flight on the old transport hold their own reference to it; its
         // thread ends once they are done and it is released.
         running.state.withLock { $0 = (configuration, transport, tokens) }

@@ -166,14 +166,23 @@ public actor Gateway {
 
     /// Applies reloaded settings and a new upstream (transport, base URL); the queue, the
     /// ledger's attempts and a pause are kept. Attempts in flight finish on the old upstream.
-    public func reconfigure(settings: Settings, upstream: any Upstream, tokens: any TokenSource) {
+    ///
+    /// A reload that lengthens the longest window (or the guard band) first reads the attempts
+    /// the ledger has already let go of back from the store, so the longer window counts them;
+    /// if they cannot be read, the reload is refused (throws) and the running settings stay.
+    public func reconfigure(settings: Settings, upstream: any Upstream, tokens: any TokenSource) async throws {
+        var earlier: [Timestamp] = []
+        let horizon = Ledger.horizon(limits: settings.limits, guardBand: settings.guardBand)
+        if horizon > scheduler.ledger.horizon {
+            earlier = try await store.attempts(since: now() - horizon)
+        }
         self.settings = settings
         self.upstream = upstream
         if tokens !== self.tokens { watch(tokens) }
         self.tokens = tokens
         scheduler.reconfigure(
             limits: settings.limits, guardBand: settings.guardBand, retryPolicy: settings.retryPolicy,
-            maxConcurrency: settings.maxConcurrency, maxPending: settings.maxPending)
+            maxConcurrency: settings.maxConcurrency, maxPending: settings.maxPending, earlierAttempts: earlier)
         logger.notice(
             "configuration reloaded",
             metadata: ["limits": "\(settings.limits.map(\.spec).joined(separator: " + "))", "upstream": "\(upstream.baseURL)"])

@@ -40,6 +40,9 @@ public protocol GatewayStore: Sendable {
     /// `completion` exactly once, on any thread, when it committed or failed.
     func commit(_ changes: [StoreChange], completion: @escaping @Sendable (Result<Void, any Error>) -> Void)
     func load() async throws -> StoredState
+    /// The attempts stored at or after `since`, oldest first: what a reload that lengthens a
+    /// window must count again.
+    func attempts(since: Timestamp) async throws -> [Timestamp]
 }
 
 extension GatewayStore {
@@ -95,6 +98,10 @@ public final class InMemoryStore: GatewayStore {
     private static func insert(_ time: Timestamp, into attempts: inout [Timestamp]) {
         let index = attempts.lastIndex { $0 <= time }.map { $0 + 1 } ?? 0
         attempts.insert(time, at: index)
+    }
+
+    public func attempts(since: Timestamp) async throws -> [Timestamp] {
+        state.withLock { state in state.attempts.filter { $0 >= since } }
     }
 
     public func load() async throws -> StoredState {

@@ -155,6 +155,17 @@ public final class SQLiteStore: GatewayStore {
         }
     }
 
+    public func attempts(since: Timestamp) async throws -> [Timestamp] {
+        let since = since.nanosecondsSinceEpoch
+        do {
+            return try await pool.read { db in
+                try Int64.fetchAll(db, sql: "SELECT time_ns FROM attempts WHERE time_ns >= ? ORDER BY time_ns", arguments: [since])
+            }.map(Timestamp.init(nanosecondsSinceEpoch:))
+        } catch {
+            throw StoreError(path: path, "could not be read: \(error)")
+        }
+    }
+
     /// Deletes records completed before `horizon`, for callers that do not track records
     /// themselves (the gateway sends `.forget` instead), and returns how many went. Attempts are
     /// not touched: writes already keep only the last day of them, and deleting one that still

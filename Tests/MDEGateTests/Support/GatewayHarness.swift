@@ -119,6 +119,7 @@ final class ControlledStore: GatewayStore {
     }
 
     func load() async throws -> StoredState { try await inner.load() }
+    func attempts(since: Timestamp) async throws -> [Timestamp] { try await inner.attempts(since: since) }
 }
 
 /// A token source that always has the same token.
@@ -153,8 +154,8 @@ let testClient = RequestRecord.Client(uid: 1000, pid: 42, name: "test")
 
 extension Gateway {
     /// A reload to `limits` (everything else as `Settings.testing`): frees slots on demand.
-    func loosen(to limits: [Limit]) {
-        reconfigure(settings: .testing(limits), upstream: upstream, tokens: tokens)
+    func loosen(to limits: [Limit]) async throws {
+        try await reconfigure(settings: .testing(limits), upstream: upstream, tokens: tokens)
     }
 
     /// Submits and awaits the answer, for tests.
