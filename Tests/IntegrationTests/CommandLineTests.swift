@@ -2,7 +2,7 @@ import Foundation
 import Testing
 
 /// The `mdegate` command line, as an operator or a shell script uses it.
-@Suite("Command line: cancel, status, request, check-config")
+@Suite("Command line: cancel, status, request, check-config", .timeLimit(.minutes(5)))
 struct CommandLineTests {
     @Test("mdegate cancel prints the upstream's JSON and exits 0 (socket from MDEGATE_SOCKET)")
     func cancelSucceeds() async throws {
@@ -170,7 +170,7 @@ struct CommandLineTests {
 }
 
 /// The daemon's own lifetime.
-@Suite("Daemon: start-up and shutdown")
+@Suite("Daemon: start-up and shutdown", .timeLimit(.minutes(5)))
 struct DaemonLifecycleTests {
     @Test("mdegate serve with an invalid configuration exits non-zero and names the key", arguments: InvalidConfiguration.all)
     func serveRefusesInvalidConfiguration(_ invalid: InvalidConfiguration) async throws {

@@ -3,12 +3,12 @@ import MDEGateTransport
 import Testing
 
 /// The harness itself, against the simulator alone: if these fail, every other failure is suspect.
-@Suite("Harness: the simulator as the tests drive it")
+@Suite("Harness: the simulator as the tests drive it", .timeLimit(.minutes(5)))
 struct HarnessTests {
-    @Test("the simulator starts on a free port, answers a cancel and counts the arrival")
+    @Test("the simulator starts on a free port, answers a cancel, counts the arrival, and counts a call over its limit as a violation")
     func simulatorCountsArrivals() async throws {
         try await sharingTheMachine {
-            let simulator = try await SimulatorProcess()
+            let simulator = try await SimulatorProcess(arguments: ["--limit", "1/1m"])
             do {
                 let id = machineActionID()
                 let answer = try await simulator.client.post(
@@ -22,6 +22,15 @@ struct HarnessTests {
                 #expect(stats.arrivals(for: id.uppercased()) == 1)
                 #expect(stats.answered(200) == 1)
                 #expect(stats.violations == 0)
+
+                // A second call within the minute is over the limit: answered 429, counted.
+                let over = try await simulator.client.post(
+                    GatewayClient.cancelPath(machineActionID()), json: ["Comment": "over"],
+                    headers: [("Authorization", "Bearer \(simulator.token)")])
+                #expect(over.status == 429, "\(over.summary)")
+                let after = try await simulator.stats()
+                #expect(after.violations == 1, "\(after)")
+                #expect(after.answered(429) == 1, "\(after)")
             } catch {
                 await simulator.stop()
                 throw error

@@ -3,7 +3,7 @@ import MDEGateTransport
 import Testing
 
 /// What the gateway does when the upstream fails, refuses or stays silent.
-@Suite("Upstream failures: retries, 429 pause, no answer")
+@Suite("Upstream failures: retries, 429 pause, no answer", .timeLimit(.minutes(5)))
 struct UpstreamFailureTests {
     @Test("5xx answers are retried, and every attempt is recorded (attempts == upstream arrivals)")
     func retriedUntilSuccess() async throws {
@@ -95,12 +95,11 @@ struct UpstreamFailureTests {
         }
     }
 
-    /// Seconds from now until the instant `/v1/status` gives as `pausedUntil`.
-    private static func secondsUntil(_ iso: String?) throws -> Double {
+    /// The instant `/v1/status` gives as `pausedUntil`.
+    private static func date(_ iso: String?) throws -> Date {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        let date = try #require(iso.flatMap(formatter.date(from:)), "pausedUntil \(String(describing: iso))")
-        return date.timeIntervalSinceNow
+        return try #require(iso.flatMap(formatter.date(from:)), "pausedUntil \(String(describing: iso))")
     }
 
     @Test("Retry-After as an HTTP-date pauses until that date; the request is then sent again")
@@ -113,11 +112,16 @@ struct UpstreamFailureTests {
             let status = try await eventually("the gateway to report the pause", { try await client.status() }) {
                 $0["pausedUntil"]?.string != nil
             }
-            // The date is whole seconds, 2 to 3 s after the 429 (rounded up).
+            let observed = Date()
+            // The pause ends at the date the upstream named: a whole second, at least 2 s after
+            // the 429 arrived there, and (rounded up) less than 3 s after it was answered, which
+            // was before the test saw the pause.
             let pausedUntil = status["pausedUntil"]?.string
             #expect(pausedUntil?.hasSuffix(".000Z") == true, "\(status)")
-            let left = try Self.secondsUntil(pausedUntil)
-            #expect(left > 0 && left <= 3.1, "\(left) s left of the pause: \(status)")
+            let until = try Self.date(pausedUntil)
+            let throttled = try #require(try await rig.simulator.stats().arrivalTime(0))
+            #expect(until >= throttled.addingTimeInterval(2), "paused until \(until), 429 at \(throttled)")
+            #expect(until < observed.addingTimeInterval(3), "paused until \(until), seen at \(observed)")
             let final = try await answer
             #expect(final.status == 200, "\(final.summary)")
             #expect(try await rig.simulator.stats().arrivals(for: id) == 2)
@@ -133,8 +137,13 @@ struct UpstreamFailureTests {
             let status = try await eventually("the gateway to report the pause", { try await rig.client.status() }) {
                 $0["pausedUntil"]?.string != nil
             }
-            let left = try Self.secondsUntil(status["pausedUntil"]?.string)
-            #expect(left > 50 && left <= 60, "\(left) s left of the pause: \(status)")
+            let observed = Date()
+            // 60 s from when the gateway got the 429: after it arrived upstream, before the test
+            // saw the pause.
+            let until = try Self.date(status["pausedUntil"]?.string)
+            let throttled = try #require(try await rig.simulator.stats().arrivalTime(0))
+            #expect(until >= throttled.addingTimeInterval(60), "paused until \(until), 429 at \(throttled)")
+            #expect(until <= observed.addingTimeInterval(60), "paused until \(until), seen at \(observed)")
             #expect(status["queue"]?["depth"]?.int == 1, "back in the queue: \(status)")
             #expect(try await rig.simulator.stats().arrivals == 1)
         }

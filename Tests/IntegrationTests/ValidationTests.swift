@@ -3,14 +3,16 @@ import MDEGateTransport
 import Testing
 
 /// Bad input is refused at the door: it never reaches the upstream and never spends quota.
-@Suite("Validation: bad input never reaches the upstream")
+@Suite("Validation: bad input never reaches the upstream", .timeLimit(.minutes(5)))
 struct ValidationTests {
     /// The promise every test here ends with.
     private func expectNothingSpent(_ rig: TestRig, sourceLocation: SourceLocation = #_sourceLocation) async throws {
         let stats = try await rig.simulator.stats()
         #expect(stats.arrivals == 0, "the upstream saw \(stats)", sourceLocation: sourceLocation)
         let status = try await rig.client.status()
-        for limit in status["limits"]?.array ?? [] {
+        let limits = try #require(status["limits"]?.array, "\(status)", sourceLocation: sourceLocation)
+        #expect(!limits.isEmpty, "\(status)", sourceLocation: sourceLocation)
+        for limit in limits {
             #expect(limit["used"]?.int == 0, "quota was spent: \(limit)", sourceLocation: sourceLocation)
         }
         #expect(status["queue"]?["depth"]?.int == 0, sourceLocation: sourceLocation)

@@ -5,7 +5,7 @@ import Testing
 
 @testable import MDEGate
 
-@Suite("The SQLite store")
+@Suite("The SQLite store", .timeLimit(.minutes(1)))
 struct SQLiteStoreTests {
     /// A fresh directory per test, removed afterwards.
     final class Scratch {

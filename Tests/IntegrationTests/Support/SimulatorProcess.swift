@@ -183,6 +183,14 @@ struct SimulatorStats: Decodable, Sendable, CustomStringConvertible {
     var tokenEndpoint: TokenEndpointStats
     /// Arrivals beyond a configured `--limit`.
     var violations: Int
+    /// When each cancel arrived (the simulator's wall clock, ns since the epoch), in order.
+    var arrivalTimesNs: [Int64]?
+
+    /// When the `index`-th cancel arrived.
+    func arrivalTime(_ index: Int) -> Date? {
+        guard let times = arrivalTimesNs, times.indices.contains(index) else { return nil }
+        return Date(timeIntervalSince1970: Double(times[index]) / 1e9)
+    }
 
     func arrivals(for id: String) -> Int {
         arrivalsById[id.lowercased()] ?? 0
