@@ -9,10 +9,11 @@ run:
 test:
 	scripts/test.sh
 
-## Measure the quota figures (DESIGN.md's performance targets) in a release build.
+## Measure the quota figures (the performance targets in docs/benchmarks.md) in a release build; latency
+## measures nginx-light's proxy_pass next to mdegate (scripts/install-bench-deps.sh installs it).
 bench:
-	scripts/install-deps.sh
-	swift build -c release
+	scripts/install-bench-deps.sh
+	swift build -c release $(BUILDFLAGS)
 	$$(swift build -c release --show-bin-path $(BUILDFLAGS))/mdegate-bench burst
 	$$(swift build -c release --show-bin-path $(BUILDFLAGS))/mdegate-bench latency
 

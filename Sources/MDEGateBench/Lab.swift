@@ -30,7 +30,13 @@ final class Lab: Sendable {
         return daemon
     }
 
-    /// Stops every started process, newest first (the daemon before its upstream).
+    func startNginx(executable: String, simulator: RunningSimulator) throws -> RunningNginx {
+        let nginx = try RunningNginx.start(executable: executable, simulator: simulator, in: workspace, environment: environment)
+        started.withLock { $0.append(nginx.process) }
+        return nginx
+    }
+
+    /// Stops every started process, newest first (the daemon or nginx before their upstream).
     func tearDown(showLogs: Bool) {
         let processes = started.withLock { list in
             defer { list.removeAll() }

@@ -46,22 +46,28 @@ struct Workspace: Sendable {
     func remove() { try? FileManager.default.removeItem(atPath: path) }
 }
 
-/// A started child (simulator or daemon) whose stdout and stderr go to files in the workspace.
+/// A started child (simulator, daemon or nginx) whose stdout and stderr go to files in the workspace.
 final class ChildProcess: Sendable {
     let name: String
     let pid: pid_t
     let stdoutPath: String
     let stderrPath: String
+    /// Other logs the child writes itself (nginx's error_log), shown with its output.
+    let logFiles: [String]
     private let process: Process
     private let children: Children
 
-    init(name: String, executable: String, arguments: [String], workspace: Workspace, children: Children) throws {
+    init(
+        name: String, executable: String, arguments: [String], workspace: Workspace, children: Children,
+        logFiles: [String] = []
+    ) throws {
         guard FileManager.default.isExecutableFile(atPath: executable) else {
             throw BenchError(
                 "\(executable) is missing: build it next to mdegate-bench (swift build --product \(URL(fileURLWithPath: executable).lastPathComponent)), or pass --bin-dir")
         }
         self.name = name
         self.children = children
+        self.logFiles = logFiles
         stdoutPath = workspace.file("\(name).out")
         stderrPath = workspace.file("\(name).err")
         _ = FileManager.default.createFile(atPath: stdoutPath, contents: nil)
@@ -85,13 +91,23 @@ final class ChildProcess: Sendable {
 
     /// Waits until `needle` appears in the child's stdout or stderr; returns the matching line.
     func waitForLine(containing needle: String, in stream: KeyPath<ChildProcess, String>, timeoutSeconds: Double) throws -> String {
-        let deadline = Now.monotonic() + Int64(timeoutSeconds * 1e9)
-        while Now.monotonic() < deadline {
+        var found: String?
+        try waitUntil(timeoutSeconds: timeoutSeconds) {
             if let text = try? String(contentsOfFile: self[keyPath: stream], encoding: .utf8),
                 let line = text.split(separator: "\n").first(where: { $0.contains(needle) })
             {
-                return String(line)
+                found = String(line)
             }
+            return found != nil
+        }
+        return found!
+    }
+
+    /// Polls `ready` every 2 ms until it returns true; throws if the child exits first or time runs out.
+    func waitUntil(timeoutSeconds: Double, _ ready: () -> Bool) throws {
+        let deadline = Now.monotonic() + Int64(timeoutSeconds * 1e9)
+        while Now.monotonic() < deadline {
+            if ready() { return }
             guard isRunning else {
                 throw BenchError("\(name) exited (status \(process.terminationStatus)) before it was ready:\n\(logTail())")
             }
@@ -100,9 +116,9 @@ final class ChildProcess: Sendable {
         throw BenchError("\(name) was not ready within \(timeoutSeconds) s:\n\(logTail())")
     }
 
-    /// The last lines of both output files, for error messages.
+    /// The last lines of its output files and logs, for error messages.
     func logTail(lines: Int = 15) -> String {
-        [stdoutPath, stderrPath].compactMap { path in
+        ([stdoutPath, stderrPath] + logFiles).compactMap { path in
             guard let text = try? String(contentsOfFile: path, encoding: .utf8), !text.isEmpty else { return nil }
             return text.split(separator: "\n").suffix(lines).map { "    | \($0)" }.joined(separator: "\n")
         }.joined(separator: "\n")

@@ -13,7 +13,7 @@ struct QuotaScenario: Sendable {
     var clients: Int
     var maxConcurrency: Int
     var utilizationTarget: Double
-    /// Where DESIGN.md states the utilization target, e.g. "at 5/1s + 12/4s, 30 ms guard".
+    /// Where docs/benchmarks.md states the utilization target, e.g. "at 5/1s + 12/4s, 30 ms guard".
     var targetContext: String
     /// How long the simulator holds each answer, standing in for the real upstream's round trip.
     var upstreamDelay: Duration?

@@ -59,7 +59,7 @@ struct Report: Sendable {
         if let key { summary.append((key, scalar)) }
     }
 
-    /// A figure with a DESIGN.md target; `met` nil means it could not be measured (MISSED).
+    /// A figure with a target (docs/benchmarks.md); `met` nil means it could not be measured (MISSED).
     mutating func target(_ label: String, _ value: String, target: String, met: Bool?, key: String, _ scalar: Scalar) {
         rows.append(Row(label: label, value: value, target: target, verdict: met == true ? .met : .missed))
         summary.append((key, scalar))

@@ -8,16 +8,16 @@ import Synchronization
 import Glibc
 #endif
 
-/// `mdegate-bench`: measures DESIGN.md's performance targets against the real daemon and the real
+/// `mdegate-bench`: measures the performance targets in docs/benchmarks.md against the real daemon and the real
 /// simulator, and prints the figures for the docs. It reports; it never asserts.
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mdegate-bench",
-        abstract: "Measure mdegate against DESIGN.md's performance targets (reports figures, never fails on a miss).",
+        abstract: "Measure mdegate against the performance targets in docs/benchmarks.md (reports figures, never fails on a miss).",
         discussion: """
             Each scenario starts its own mde-simulator (127.0.0.1, a free port) and mdegate (a Unix \
             socket in a fresh /tmp/mdb.* directory) and stops both at the end. Prints one block of \
-            figures with each DESIGN.md target and "met" or "MISSED", then one JSON line.
+            figures with each target (docs/benchmarks.md) and "met" or "MISSED", then one JSON line.
             """,
         subcommands: [Burst.self, Sustained.self, Admission.self, Latency.self, Auth.self],
         defaultSubcommand: Burst.self)
@@ -226,7 +226,13 @@ struct Admission: AsyncParsableCommand {
 
 struct Latency: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Latency a synchronous call through mdegate adds over calling the simulator directly.")
+        abstract: "Latency a synchronous call through mdegate adds over calling the simulator directly, next to what nginx adds.",
+        discussion: """
+            Three paths, interleaved call by call: the simulator directly (loopback TCP), nginx proxy_pass \
+            on a Unix socket to the simulator (the anchor: what a minimal proxy on a Unix socket adds; \
+            Debian's nginx-light, started as a child with a configuration written into the scratch \
+            directory), and mdegate. Without nginx the anchor is skipped and said so.
+            """)
 
     @Option(help: "How many measured calls on each path.")
     var requests = 2000
@@ -234,14 +240,20 @@ struct Latency: AsyncParsableCommand {
     @Option(help: "Warm-up calls on each path, not measured.")
     var warmup = 100
 
+    @Option(help: "The nginx executable for the anchor (default: nginx on PATH, or /usr/sbin/nginx).")
+    var nginx: String?
+
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
         guard requests >= 1, warmup >= 0 else { throw ValidationError("--requests must be at least 1, --warmup at least 0") }
+        if let nginx, !FileManager.default.isExecutableFile(atPath: nginx) {
+            throw ValidationError("--nginx \(nginx) is not an executable")
+        }
     }
 
     func run() async throws {
-        let scenario = LatencyScenario(requests: requests, warmup: warmup)
+        let scenario = LatencyScenario(requests: requests, warmup: warmup, nginx: nginx)
         try await common.run(defaultTimeout: 120 + Double(requests) / 50) { try await scenario.run(in: $0) }
     }
 }
