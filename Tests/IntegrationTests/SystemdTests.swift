@@ -47,7 +47,7 @@ struct SystemdTests {
         #expect(score < 2.0, "exposure \(score):\n\(result.stdout)")
     }
 
-    @Test("the units keep the promises DESIGN.md makes: notify, watchdog, credential, the socket's group and mode")
+    @Test("the units keep the promises the README makes: notify, watchdog, credential, the socket's group and mode")
     func unitContract() throws {
         let service = try Self.settings(of: "mdegate.service")
         #expect(service["Type"] == ["notify"])

@@ -6,7 +6,7 @@ import Testing
 
 @Suite("Loading: file, defaults and environment")
 struct LoadingTests {
-    @Test("without a file, every key has the default that DESIGN.md documents")
+    @Test("without a file, every key has the default that the README documents")
     func defaults() throws {
         let loaded = try load(nil)
         let configuration = loaded.configuration

@@ -57,8 +57,29 @@ extension Gateway {
         let changes = unsaved.take(records: records) + batch.changes(records: records)
         committing = true
         let loop = eventLoop
+        let attempts = batch.attempts
+        let upstream = self.upstream
+        let now = self.now
         store.commit(changes) { result in
-            loop.execute { self.assumeIsolated { $0.committed(batch, changes: changes, result: result) } }
+            // The attempts leave from here, the thread the commit returned on, without waiting
+            // for the loop: one thread hand-off less before the upstream sees them. The loop
+            // records their departure in the same turn as the rest of the batch.
+            var departures: [Timestamp] = []
+            if case .success = result {
+                departures.reserveCapacity(attempts.count)
+                for attempt in attempts {
+                    departures.append(now())
+                    upstream.send(attempt.call, token: attempt.token) { outcome in
+                        loop.execute {
+                            self.assumeIsolated { $0.finish(attempt.dispatch, token: attempt.token, result: outcome) }
+                        }
+                    }
+                }
+            }
+            let left = departures
+            loop.execute {
+                self.assumeIsolated { $0.committed(batch, changes: changes, result: result, departures: left) }
+            }
         }
     }
 
@@ -68,15 +89,16 @@ extension Gateway {
         commitIfIdle()
     }
 
-    private func committed(_ batch: CommitBatch, changes: [StoreChange], result: Result<Void, any Error>) {
+    private func committed(
+        _ batch: CommitBatch, changes: [StoreChange], result: Result<Void, any Error>, departures: [Timestamp]
+    ) {
         committing = false
         switch result {
         case .success:
-            // Attempts first: they leave before callers are answered (encoding a 202 takes longer
-            // than handing a call to libcurl). An answer comes back in a later turn, after the
-            // waiters registered below.
-            for case .attempt(let dispatch, let token, let call, let time) in batch.followUps {
-                depart(dispatch, token: token, call: call, dispatchedAt: time)
+            // The attempts left already (see `commitIfIdle`); an answer may even be back, which
+            // `finish` handled, and a waiter registered below then finds its request final.
+            for (attempt, instant) in zip(batch.attempts, departures) {
+                departed(attempt.dispatch, dispatchedAt: attempt.dispatchedAt, at: instant)
             }
             for followUp in batch.followUps {
                 switch followUp {
@@ -143,7 +165,7 @@ struct CommitBatch {
     enum FollowUp {
         /// A new request: answer its caller, or start waiting for its answer.
         case admission(RequestID, Gateway.Waiting, EventLoopPromise<Gateway.Answer>)
-        /// An attempt: it leaves.
+        /// An attempt: it leaves as soon as the commit returned.
         case attempt(Scheduler.Dispatch, token: String, call: UpstreamCall, dispatchedAt: Timestamp)
         case withdrawal(RequestID, EventLoopPromise<Gateway.Withdrawal>)
         case drained(EventLoopPromise<Void>)
@@ -172,6 +194,14 @@ struct CommitBatch {
     mutating func followUp(_ followUp: FollowUp) {
         followUps.append(followUp)
         urgent = true
+    }
+
+    /// The attempts the batch carries, in the order they were dispatched.
+    var attempts: [(dispatch: Scheduler.Dispatch, token: String, call: UpstreamCall, dispatchedAt: Timestamp)] {
+        followUps.compactMap { followUp in
+            guard case .attempt(let dispatch, let token, let call, let time) = followUp else { return nil }
+            return (dispatch, token, call, time)
+        }
     }
 
     /// The batch as the store takes it, with each record as it is now.

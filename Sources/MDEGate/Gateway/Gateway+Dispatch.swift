@@ -33,7 +33,7 @@ extension Gateway {
     }
 
     /// Puts the attempt and its requests' new state into the pending batch; it is sent once
-    /// that batch committed (`depart`).
+    /// that batch committed (see `commitIfIdle`).
     private func prepare(_ dispatch: Scheduler.Dispatch, token: String, at time: Timestamp) {
         for member in dispatch.members {
             records[member]?.state = .sending
@@ -54,16 +54,12 @@ extension Gateway {
                 dispatchedAt: time))
     }
 
-    /// The attempt is stored: it leaves now. Its departure restamps the ledger (it left a little
-    /// after its slot was taken) and rides in a later commit.
-    func depart(_ dispatch: Scheduler.Dispatch, token: String, call: UpstreamCall, dispatchedAt time: Timestamp) {
-        let departed = now()
+    /// The attempt left at `departed`, a little after its slot was taken at `time` (storing it
+    /// took that long): the ledger counts it from its departure, and the store learns of it in
+    /// a later commit.
+    func departed(_ dispatch: Scheduler.Dispatch, dispatchedAt time: Timestamp, at departed: Timestamp) {
         scheduler.attemptDeparted(dispatchedAt: time, at: departed)
         if departed > time { pending.append(.departure(recorded: time, departed: departed)) }
-        let loop = eventLoop
-        upstream.send(call, token: token) { result in
-            loop.execute { self.assumeIsolated { $0.finish(dispatch, token: token, result: result) } }
-        }
     }
 
     /// The attempt's commit failed, so it was not sent: the job goes back to the head of its
@@ -78,7 +74,7 @@ extension Gateway {
         requeue(job.members, lastError: "not sent yet: the state could not be written (\(error))")
     }
 
-    private func finish(_ dispatch: Scheduler.Dispatch, token: String, result: Result<HTTPResponse, TransportError>) {
+    func finish(_ dispatch: Scheduler.Dispatch, token: String, result: Result<HTTPResponse, TransportError>) {
         let time = now()
         let outcome: AttemptOutcome
         var answer: RequestRecord.Response?

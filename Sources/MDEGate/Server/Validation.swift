@@ -7,10 +7,25 @@ struct ValidationProblem: Error {
 
 /// A GUID in its usual 8-4-4-4-12 hex form. Anything else (dot segments, percent escapes,
 /// slashes) is refused before it can become part of an upstream URL.
+/// Checked byte by byte: every request passes here, and Character-wise checks cost more than
+/// the rest of the validation together.
 func isGUID(_ text: String) -> Bool {
-    let groups = text.split(separator: "-", omittingEmptySubsequences: false)
-    guard groups.map(\.count) == [8, 4, 4, 4, 12] else { return false }
-    return groups.allSatisfy { $0.allSatisfy(\.isHexDigit) && $0.allSatisfy(\.isASCII) }
+    let bytes = text.utf8
+    guard bytes.count == 36 else { return false }
+    for (index, byte) in bytes.enumerated() {
+        switch index {
+        case 8, 13, 18, 23: guard byte == UInt8(ascii: "-") else { return false }
+        default: guard isHexDigit(byte) else { return false }
+        }
+    }
+    return true
+}
+
+private func isHexDigit(_ byte: UInt8) -> Bool {
+    switch byte {
+    case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "f"), UInt8(ascii: "A")...UInt8(ascii: "F"): true
+    default: false
+    }
 }
 
 /// The body must be a JSON object with a string `Comment` (case-sensitive, as upstream) of at
@@ -64,11 +79,14 @@ struct Preference {
 
     init(_ header: String?) {
         guard let header else { return }
-        for item in header.split(separator: ",") {
-            let token = item.trimmingCharacters(in: .whitespaces).lowercased()
-            if token == "respond-async" {
+        for item in header.utf8.split(separator: UInt8(ascii: ",")) {
+            // Preference names are case-insensitive tokens; the value of wait= is a number.
+            let token = item.drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }
+            let trimmed = token.reversed().drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }.reversed()
+            let lowered = String(decoding: trimmed.map { $0 | ($0 >= 0x41 && $0 <= 0x5A ? 0x20 : 0) }, as: UTF8.self)
+            if lowered == "respond-async" {
                 respondAsync = true
-            } else if token.hasPrefix("wait="), let seconds = Double(token.dropFirst(5)), seconds >= 0, seconds.isFinite {
+            } else if lowered.hasPrefix("wait="), let seconds = Double(lowered.dropFirst(5)), seconds >= 0, seconds.isFinite {
                 wait = .milliseconds(Int64(min(seconds, 86_400) * 1000))
             }
         }
