@@ -178,7 +178,7 @@ struct Burst: AsyncParsableCommand {
     func run() async throws {
         let scenario = quota.scenario(
             name: "burst", requests: 36, limits: "5/1s,12/4s", guardBand: .milliseconds(30),
-            utilizationTarget: 0.97, targetContext: "DESIGN: at 5/1s + 12/4s, 30ms guard")
+            utilizationTarget: 0.97, targetContext: "at 5/1s + 12/4s, 30ms guard")
         try await common.run(defaultTimeout: scenario.defaultTimeout) { try await scenario.run(in: $0) }
     }
 }
@@ -193,7 +193,7 @@ struct Sustained: AsyncParsableCommand {
     func run() async throws {
         let scenario = quota.scenario(
             name: "sustained", requests: 300, limits: "100/1m,1500/1h", guardBand: .milliseconds(250),
-            utilizationTarget: 0.99, targetContext: "DESIGN: at 100/1m + 1500/1h")
+            utilizationTarget: 0.99, targetContext: "at 100/1m + 1500/1h")
         try await common.run(defaultTimeout: scenario.defaultTimeout) { try await scenario.run(in: $0) }
     }
 }

@@ -101,7 +101,7 @@ public final class CurlTransport: Sendable {
     /// Sends one request and returns the final response, whatever its status. Throws only when
     /// there is no response: see `TransportError.Kind`. Cancelling the calling task aborts the
     /// transfer (`.cancelled`).
-    public func send(_ request: HTTPRequest) async throws(TransportError) -> HTTPResponse {
+    nonisolated(nonsending) public func send(_ request: HTTPRequest) async throws(TransportError) -> HTTPResponse {
         let transfer = try CurlEasyTransfer(request: request, settings: settings)
         let loop = self.loop
         let outcome = await withTaskCancellationHandler {

@@ -201,7 +201,7 @@ struct SQLiteStoreTests {
             }
             try await group.waitForAll()
         }
-        let transactions = await store.committedTransactions
+        let transactions = store.committedTransactions
         #expect(transactions >= 1)
         #expect(transactions < count / 2)
         try await store.close()

@@ -66,7 +66,7 @@ public struct LocalAPI: Sendable {
     }
 
     /// `respond(to:)`, awaited: for tests and callers off the loop.
-    public func handle(_ request: LocalRequest) async -> LocalResponse {
+    nonisolated(nonsending) public func handle(_ request: LocalRequest) async -> LocalResponse {
         do {
             return try await respond(to: request).get()
         } catch {

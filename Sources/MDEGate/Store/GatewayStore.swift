@@ -47,7 +47,7 @@ public protocol GatewayStore: Sendable {
 
 extension GatewayStore {
     /// `commit`, awaited: for tests and tools.
-    public func apply(_ changes: [StoreChange]) async throws {
+    nonisolated(nonsending) public func apply(_ changes: [StoreChange]) async throws {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             commit(changes) { continuation.resume(with: $0) }
         }
