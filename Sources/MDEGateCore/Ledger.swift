@@ -37,14 +37,19 @@ public struct Ledger: Sendable {
     ///
     /// A reload that lengthens the horizon (a longer window or guard band) must count attempts
     /// the ledger has already let go of: the caller passes them as `earlier` (the store keeps a
-    /// day of attempts). Only those older than every attempt the ledger still holds are taken;
-    /// the ones it holds are its own, restamped to when they left.
+    /// day of attempts). Only those the ledger can have let go of are taken: older than every
+    /// attempt it still holds, and older than its horizon before the reload. The ones it holds
+    /// are its own, restamped to when they left (the store may still have them at the instant
+    /// their slot was taken).
     public mutating func reconfigure(limits: [Limit], guardBand: Duration, earlier: some Sequence<Timestamp> = []) {
         precondition(!limits.isEmpty, "a ledger needs at least one limit")
+        let cutoff = attempts.last.map { $0 - horizon }
+        let oldest = attempts.first
         self.limits = limits
         self.guardBand = guardBand
-        let oldest = attempts.first
-        let history = earlier.filter { time in oldest.map { time < $0 } ?? true }.sorted()
+        let history = earlier.filter { time in
+            (cutoff.map { time <= $0 } ?? true) && (oldest.map { time < $0 } ?? true)
+        }.sorted()
         guard !history.isEmpty else { return }
         attempts.insert(contentsOf: history, at: 0)
         if let newest = attempts.last { forget(before: newest) }

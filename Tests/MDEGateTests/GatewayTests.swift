@@ -32,6 +32,23 @@ struct GatewayTests {
         #expect(upstream.arrivedIDs == [actionID(1)])
     }
 
+    @Test("Prefer: respond-async is answered with the record (202) even when the upstream answered before that turn")
+    func asyncAnswerIsTheRecordEvenWhenAlreadyFinal() async throws {
+        let store = ControlledStore()
+        // The scripted upstream answers inside `send`, on the thread the commit returned on:
+        // its answer reaches the loop before the commit's own follow-ups do.
+        let upstream = ScriptedUpstream()
+        let gateway = scriptedGateway(.testing([Limit(calls: 10, window: .seconds(60))]), store: store, upstream: upstream)
+        try await gateway.start()
+        guard case .accepted(let document) = try await gateway.submitted(actionID(1), waiting: .untilStored) else {
+            Issue.record("an asynchronous caller gets the record")
+            return
+        }
+        #expect(document.state == .done, "the answer was back first, and the record says so")
+        #expect(document.response?.status == 200)
+        #expect(upstream.arrivals.count == 1)
+    }
+
     @Test("a failed admission commit refuses the request, and nothing of it is sent, now or after a restart")
     func failedAdmissionIsNeverSent() async throws {
         let store = ControlledStore()

@@ -44,7 +44,9 @@ extension Gateway {
     func admitted(_ id: RequestID, waiting: Waiting, promise: EventLoopPromise<Answer>) {
         guard let record = records[id] else { return promise.succeed(.notFound) }
         switch waiting {
-        case .untilStored: promise.succeed(answer(for: record))
+        // Always the record (a 202), even if the answer is back already: an attempt leaves as
+        // soon as its commit returned, so a fast upstream can beat this turn.
+        case .untilStored: promise.succeed(.accepted(document(for: record)))
         case .untilFinal(let timeout): promise.completeWith(wait(for: id, timeout: timeout))
         }
     }

@@ -53,7 +53,7 @@ public actor Gateway {
 
     /// What the caller of `submit` (or `wait`) hears.
     public enum Answer: Sendable {
-        /// Stored and not final yet: the record as clients see it, with its place in line.
+        /// Stored: the record as clients see it, with its place in line while queued.
         case accepted(RequestRecordDocument)
         /// Final (done, failed or withdrawn).
         case final(RequestRecord)
