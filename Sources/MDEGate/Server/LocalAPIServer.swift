@@ -1,6 +1,5 @@
 import Foundation
 import Logging
-import MDEGateCore
 import NIOCore
 import NIOExtras
 import NIOHTTP1
