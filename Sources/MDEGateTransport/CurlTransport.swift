@@ -117,9 +117,14 @@ public final class CurlTransport: Sendable {
     /// Sends one request and hands its outcome to `completion`, once, on the transport's thread
     /// (or on the caller's, when the request is refused before it starts). For callers that live
     /// on an event loop of their own: no task is created and no executor is entered on the way.
+    ///
+    /// The transfer holds the transport until it is done, as the `async` form's caller does: a
+    /// transport a reload replaced finishes its transfers before its thread stops.
     public func send(_ request: HTTPRequest, completion: @escaping @Sendable (Result<HTTPResponse, TransportError>) -> Void) {
         do {
-            start(try CurlEasyTransfer(request: request, settings: settings), completion: completion)
+            start(try CurlEasyTransfer(request: request, settings: settings)) { outcome in
+                withExtendedLifetime(self) { completion(outcome) }
+            }
         } catch {
             completion(.failure(error))
         }

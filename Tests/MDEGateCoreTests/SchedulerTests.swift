@@ -85,6 +85,58 @@ struct SchedulerTests {
         #expect(result13 == .notPending)
     }
 
+    @Test("running counts: queued and sending requests follow submit, join, dispatch, retract and finish")
+    func runningCounts() {
+        var scheduler = makeScheduler()
+        let t = Timestamp(secondsSinceEpoch: 1_000)
+        _ = scheduler.submit("a", machineActionID: guid(1), client: alice)
+        _ = scheduler.submit("b", machineActionID: guid(2), client: bob)
+        #expect((scheduler.queuedRequests, scheduler.sendingRequests) == (2, 0))
+        let first = scheduler.nextDispatch(at: t)
+        #expect(first?.job == "a")
+        _ = scheduler.submit("a2", machineActionID: guid(1).uppercased(), client: bob)
+        #expect((scheduler.queuedRequests, scheduler.sendingRequests) == (1, 2), "a joiner of a job being sent is sending")
+        let retracted = scheduler.retract("a2")
+        #expect(retracted)
+        #expect((scheduler.queuedRequests, scheduler.sendingRequests) == (1, 1))
+        _ = scheduler.finish("a", outcome: .answered(status: 200, retryAfter: nil), at: t, jitter: 0)
+        #expect((scheduler.queuedRequests, scheduler.sendingRequests) == (1, 0))
+        #expect(scheduler.inFlight == 0)
+    }
+
+    @Test("retract takes back a request whatever its job's state, the job too when it was its last member")
+    func retract() {
+        var scheduler = makeScheduler()
+        let t = Timestamp(secondsSinceEpoch: 1_000)
+        _ = scheduler.submit("a", machineActionID: guid(1), client: alice)
+        _ = scheduler.submit("b", machineActionID: guid(2), client: alice)
+        // Dispatched in the commit that failed: the job goes with its only request.
+        let dispatched = scheduler.nextDispatch(at: t)
+        #expect(dispatched?.job == "a")
+        var retracted = scheduler.retract("a")
+        #expect(retracted)
+        #expect(scheduler.inFlight == 0 && scheduler.job(id: "a") == nil)
+        // Queued: it leaves the queue and the rotation.
+        retracted = scheduler.retract("b")
+        #expect(retracted)
+        #expect(scheduler.depthByClient().isEmpty && scheduler.pendingRequests == 0)
+        retracted = scheduler.retract("b")
+        #expect(!retracted, "not pending any more")
+        // The machine action ids are free again: a new request makes a new job.
+        let admission = scheduler.submit("c", machineActionID: guid(1), client: bob)
+        #expect(admission == .queued)
+        let next = scheduler.nextDispatch(at: t)
+        #expect(next?.job == "c")
+        // A leader taken back while a joiner rides on: the job keeps its id and the joiner.
+        _ = scheduler.submit("d", machineActionID: guid(3), client: bob)
+        _ = scheduler.submit("e", machineActionID: guid(3), client: alice)
+        retracted = scheduler.retract("d")
+        #expect(retracted)
+        #expect(scheduler.job(of: "e")?.id == "d")
+        #expect(scheduler.job(id: "d")?.members == ["e"])
+        #expect(scheduler.job(of: "d") == nil)
+    }
+
     @Test("the queue is bounded, coalesced requests included")
     func boundedQueue() {
         var scheduler = makeScheduler(maxPending: 2)

@@ -133,6 +133,63 @@ struct GatewayTests {
         #expect(upstream.arrivals.isEmpty, "nothing is sent after a restart either")
     }
 
+    @Test("a caller answered during the reconciliation of a failed commit cannot make a batch be cut before it is done")
+    func noCutDuringReconciliation() async throws {
+        let store = ControlledStore()
+        let upstream = ScriptedUpstream()
+        try await store.apply([.attempt(Gateway.wallClock())])
+        let gateway = scriptedGateway(.testing([Limit(calls: 1, window: .seconds(3600))]), store: store, upstream: upstream)
+        try await gateway.start()
+        // A commit in progress, so that the next two admissions share the commit that will fail.
+        store.holdNextCommit()
+        let zeroth = Task { try await gateway.submitted(actionID(10)) }
+        _ = await store.heldCommit()
+        // Two admissions in the commit that will fail. The first one's caller, once answered,
+        // submits again at once, on the loop, as a pipelined request would.
+        let third = gateway.eventLoop.makePromise(of: Gateway.Answer.self)
+        let first = try await gateway.submit(machineActionID: actionID(1), comment: "c", client: testClient, waiting: .untilStored)
+        first.whenComplete { _ in
+            gateway.assumeIsolated { gateway in
+                third.completeWith(
+                    gateway.submit(machineActionID: actionID(3), comment: "c", client: testClient, waiting: .untilStored))
+            }
+        }
+        let second = try await gateway.submit(machineActionID: actionID(2), comment: "c", client: testClient, waiting: .untilStored)
+        store.holdNextCommit()
+        store.release(failing: false)
+        let held = await store.heldCommit()
+        #expect(held.count == 2, "the two admissions, in one commit")
+        store.release(failing: true)
+        guard case .storeUnavailable = try await first.get(), case .storeUnavailable = try await second.get() else {
+            Issue.record("both admissions of the failed commit are refused")
+            return
+        }
+        guard case .accepted(let accepted) = try await third.futureResult.get() else {
+            Issue.record("the request submitted meanwhile is accepted in a later commit")
+            return
+        }
+        let zerothID = try #require(try await zeroth.value.id)
+        try await gateway.drain().get()
+        #expect(try await store.load().records.map(\.id) == [zerothID, accepted.id], "neither refused request was ever stored")
+    }
+
+    @Test("drain stops dispatching and commits everything pending, outcomes included")
+    func drainStopsDispatch() async throws {
+        let store = ControlledStore()
+        let upstream = ScriptedUpstream()
+        let gateway = scriptedGateway(.testing([Limit(calls: 10, window: .seconds(60))]), store: store, upstream: upstream)
+        try await gateway.start()
+        guard case .final = try await gateway.submitted(actionID(1), waiting: .untilFinal(timeout: nil)) else {
+            Issue.record("sent and answered")
+            return
+        }
+        try await gateway.drain().get()
+        #expect(try await store.load().records.map(\.state) == [.done], "the outcome is stored")
+        _ = try await gateway.submitted(actionID(2))
+        #expect(upstream.arrivals.count == 1, "nothing new leaves once stopping")
+        #expect(await gateway.status().queue.depth == 1)
+    }
+
     @Test("an attempt whose commit fails is not sent, its slot stays spent, and the job is sent exactly once after the store recovers")
     func failedAttemptIsSentOnceLater() async throws {
         let store = ControlledStore()

@@ -54,7 +54,8 @@ extension Gateway {
         lazyFlush = nil
         let batch = pending
         pending = CommitBatch()
-        let changes = unsaved.take(records: records) + batch.changes(records: records)
+        let changes = unsaved.changes(records: records) + batch.changes(records: records)
+        unsaved = ChangeSet()
         committing = true
         let loop = eventLoop
         let attempts = batch.attempts
@@ -92,7 +93,13 @@ extension Gateway {
     private func committed(
         _ batch: CommitBatch, changes: [StoreChange], result: Result<Void, any Error>, departures: [Timestamp]
     ) {
-        committing = false
+        // `committing` stays set until the follow-ups are done: answering a caller writes to its
+        // connection, which hands NIO the next pipelined request at once, and that request must
+        // not cut a batch in the middle of this reconciliation.
+        defer {
+            committing = false
+            commitIfIdle()
+        }
         switch result {
         case .success:
             // The attempts left already (see `commitIfIdle`); an answer may even be back, which
@@ -112,10 +119,14 @@ extension Gateway {
         case .failure(let error):
             unsaved.remember(changes)
             scheduleRetry()
+            // Dispatch pauses a second: sending on would spend the quota on attempts that cannot
+            // be recorded (also when the attempt's job goes with its refused request below).
+            if !batch.attempts.isEmpty { scheduler.pause(until: now() + Scheduler.notSentPause) }
             // Admissions first: a job admitted and dispatched in this batch goes with its request.
             for case .admission(let id, _, let promise) in batch.followUps {
                 _ = scheduler.retract(id)
                 records[id] = nil
+                pending.write(id)  // written as a deletion, whatever else holds it
                 resumeWaiters(of: id)
                 logger.error("could not store a request; it was refused", metadata: ["request": "\(id)", "error": "\(error)"])
                 promise.succeed(.storeUnavailable("\(error)"))
@@ -131,7 +142,6 @@ extension Gateway {
             }
             if !batch.followUps.isEmpty { pumpWanted = true }
         }
-        commitIfIdle()
     }
 
     /// Writes what failed commits left out again `retryDelay` later, unless another commit
@@ -147,15 +157,69 @@ extension Gateway {
         }
     }
 
-    /// Commits everything pending, outcomes included, and answers once that is stored: at
-    /// shutdown, before the store closes.
-    public func drain() -> EventLoopFuture<Void> {
+    /// At shutdown, before the store closes: stops dispatching, lets the attempts in flight
+    /// finish (for at most `limit`), then commits everything pending, outcomes included, and
+    /// answers once that is stored. An attempt still in flight after `limit` is cut off by the
+    /// transport's shutdown; its request is still `sending` in the store and is sent again after
+    /// the restart (its attempt counts).
+    public func drain(waitingAtMost limit: TimeAmount = .seconds(10)) -> EventLoopFuture<Void> {
+        stopping = true
         let promise = eventLoop.makePromise(of: Void.self)
-        pending.followUp(.drained(promise))
+        drains.append(promise)
+        eventLoop.scheduleTask(in: limit) {
+            self.assumeIsolated { $0.commitDrains(inFlightOrNot: true) }
+        }
+        commitDrains(inFlightOrNot: false)
+        return promise.futureResult
+    }
+
+    /// Commits for the callers of `drain` once no attempt is in flight (or the wait is over).
+    func commitDrains(inFlightOrNot force: Bool) {
+        guard !drains.isEmpty, force || scheduler.inFlight == 0 else { return }
+        for promise in drains { pending.followUp(.drained(promise)) }
+        drains = []
         retryFlush?.cancel()
         retryFlush = nil
         commitIfIdle()
-        return promise.futureResult
+    }
+}
+
+/// Changes on their way to the store: records by id, written in the state they have when the
+/// changes are taken (so several changes of one record are one row, and the newest state is
+/// written, never an old one over a newer; a record gone by then is deleted), and attempts,
+/// departures and pauses as they were, in order.
+struct ChangeSet {
+    private var recordIDs: [RequestID] = []
+    private var marked: Set<RequestID> = []
+    private var other: [StoreChange] = []
+
+    var isEmpty: Bool { recordIDs.isEmpty && other.isEmpty }
+
+    mutating func write(_ id: RequestID) {
+        if marked.insert(id).inserted { recordIDs.append(id) }
+    }
+
+    mutating func append(_ change: StoreChange) {
+        other.append(change)
+    }
+
+    /// Takes changes back that a failed commit did not store.
+    mutating func remember(_ changes: [StoreChange]) {
+        for change in changes {
+            switch change {
+            case .attempt, .departure, .pause: append(change)
+            case .record(let record): write(record.id)
+            case .forget(let id): write(id)
+            }
+        }
+    }
+
+    /// The changes as the store takes them, with each record as it is now.
+    func changes(records: SlotTable<RequestRecord>) -> [StoreChange] {
+        var changes = other
+        changes.reserveCapacity(other.count + recordIDs.count)
+        for id in recordIDs { changes.append(records[id].map(StoreChange.record) ?? .forget(id)) }
+        return changes
     }
 }
 
@@ -171,25 +235,17 @@ struct CommitBatch {
         case drained(EventLoopPromise<Void>)
     }
 
-    /// Records to write, in the state they have when the batch is cut (so several changes of
-    /// one record in a batch are one row written); a record gone by then is deleted.
-    private var recordIDs: [RequestID] = []
-    private var marked: Set<RequestID> = []
-    /// Attempts, departures and the pause, in order.
-    private var other: [StoreChange] = []
+    private var changeSet = ChangeSet()
     private(set) var followUps: [FollowUp] = []
     /// Someone waits for this batch: it is cut as soon as no commit is being written.
     var urgent = false
 
-    var isEmpty: Bool { recordIDs.isEmpty && other.isEmpty && followUps.isEmpty }
+    var isEmpty: Bool { changeSet.isEmpty && followUps.isEmpty }
 
-    mutating func write(_ id: RequestID) {
-        if marked.insert(id).inserted { recordIDs.append(id) }
-    }
+    /// The record `id` is written in the state it has when the batch is cut.
+    mutating func write(_ id: RequestID) { changeSet.write(id) }
 
-    mutating func append(_ change: StoreChange) {
-        other.append(change)
-    }
+    mutating func append(_ change: StoreChange) { changeSet.append(change) }
 
     mutating func followUp(_ followUp: FollowUp) {
         followUps.append(followUp)
@@ -204,40 +260,5 @@ struct CommitBatch {
         }
     }
 
-    /// The batch as the store takes it, with each record as it is now.
-    func changes(records: SlotTable<RequestRecord>) -> [StoreChange] {
-        var changes = other
-        changes.reserveCapacity(other.count + recordIDs.count)
-        for id in recordIDs { changes.append(records[id].map(StoreChange.record) ?? .forget(id)) }
-        return changes
-    }
-}
-
-/// Changes a failed commit did not store: records by id (so the newest state is written, never
-/// an old one over a newer), attempts, departures and pauses as they were.
-struct UnsavedChanges {
-    private var recordIDs: [RequestID] = []
-    private var marked: Set<RequestID> = []
-    private var other: [StoreChange] = []
-
-    var isEmpty: Bool { recordIDs.isEmpty && other.isEmpty }
-
-    mutating func remember(_ changes: [StoreChange]) {
-        for change in changes {
-            switch change {
-            case .attempt, .departure, .pause: other.append(change)
-            case .record(let record): if marked.insert(record.id).inserted { recordIDs.append(record.id) }
-            case .forget(let id): if marked.insert(id).inserted { recordIDs.append(id) }
-            }
-        }
-    }
-
-    /// The changes that bring the store up to date, and forgets them.
-    mutating func take(records: SlotTable<RequestRecord>) -> [StoreChange] {
-        guard !isEmpty else { return [] }
-        var changes = other
-        for id in recordIDs { changes.append(records[id].map(StoreChange.record) ?? .forget(id)) }
-        self = UnsavedChanges()
-        return changes
-    }
+    func changes(records: SlotTable<RequestRecord>) -> [StoreChange] { changeSet.changes(records: records) }
 }

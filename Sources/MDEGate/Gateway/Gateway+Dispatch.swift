@@ -11,6 +11,7 @@ extension Gateway {
     /// one from this instant), then sets the timer for the next free slot. Runs only just before
     /// a batch is cut (`commitIfIdle`), never while a commit is being written.
     func pump() {
+        guard !stopping else { return }
         let time = now()
         purgeIfDue(at: time)
         var tokenProblem = false
@@ -75,6 +76,13 @@ extension Gateway {
     }
 
     func finish(_ dispatch: Scheduler.Dispatch, token: String, result: Result<HTTPResponse, TransportError>) {
+        defer { commitDrains(inFlightOrNot: false) }
+        guard scheduler.job(id: dispatch.job)?.state == .sending else {
+            // Cannot happen: only a sent attempt is answered, and a sent job is never taken back.
+            // Logged rather than trusted, so that a daemon never stops over it.
+            logger.error("an answer came for a job that is not being sent; it is ignored", metadata: ["request": "\(dispatch.job)"])
+            return
+        }
         let time = now()
         let outcome: AttemptOutcome
         var answer: RequestRecord.Response?

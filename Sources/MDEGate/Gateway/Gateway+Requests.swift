@@ -55,15 +55,15 @@ extension Gateway {
     public func wait(for id: RequestID, timeout: Duration?) -> EventLoopFuture<Answer> {
         guard let record = records[id] else { return eventLoop.makeSucceededFuture(.notFound) }
         if record.state.isFinal { return eventLoop.makeSucceededFuture(.final(record)) }
-        let waiter = Waiter(id: nextWaiterID, promise: eventLoop.makePromise())
+        var waiter = Waiter(id: nextWaiterID, promise: eventLoop.makePromise())
         nextWaiterID += 1
-        waiters[id, default: []].append(waiter)
         if let timeout {
             let waiterID = waiter.id
-            eventLoop.scheduleTask(in: .nanoseconds(timeout.nanoseconds)) {
+            waiter.timeout = eventLoop.scheduleTask(in: .nanoseconds(timeout.nanoseconds)) {
                 self.assumeIsolated { $0.expireWaiter(id, waiterID) }
             }
         }
+        waiters[id, default: []].append(waiter)
         return waiter.promise.futureResult
     }
 
@@ -73,17 +73,20 @@ extension Gateway {
     }
 
     private func expireWaiter(_ id: RequestID, _ waiterID: Int) {
-        guard let index = waiters[id]?.firstIndex(where: { $0.id == waiterID }), let record = records[id] else { return }
+        guard let index = waiters[id]?.firstIndex(where: { $0.id == waiterID }) else { return }
         let waiter = waiters[id]!.remove(at: index)
         if waiters[id]!.isEmpty { waiters[id] = nil }
-        waiter.promise.succeed(answer(for: record))
+        waiter.promise.succeed(records[id].map { answer(for: $0) } ?? .notFound)
     }
 
     /// Answers everyone waiting for `id`, now that it is final (or gone).
     func resumeWaiters(of id: RequestID) {
         guard let waiting = waiters.removeValue(forKey: id) else { return }
         let answer: Answer = records[id].map { .final($0) } ?? .notFound
-        for waiter in waiting { waiter.promise.succeed(answer) }
+        for waiter in waiting {
+            waiter.timeout?.cancel()
+            waiter.promise.succeed(answer)
+        }
     }
 
     /// `.final` for a final record, `.accepted` with its place in line otherwise.
@@ -106,22 +109,25 @@ extension Gateway {
     /// hears once the withdrawal is stored (or that it could not be, and is written again).
     public func withdraw(_ id: RequestID) -> EventLoopFuture<Withdrawal> {
         guard var record = records[id] else { return eventLoop.makeSucceededFuture(.notFound) }
-        if record.state == .withdrawn { return eventLoop.makeSucceededFuture(.withdrawn(document(for: record))) }
-        switch scheduler.withdraw(id) {
-        case .notPending, .alreadySent:
-            return eventLoop.makeSucceededFuture(.alreadySent(document(for: record)))
-        case .withdrawn:
-            record.state = .withdrawn
-            record.completedAt = now()
-            records[id] = record
-            resumeWaiters(of: id)
-            logger.info("request withdrawn", metadata: ["request": "\(id)"])
-            let promise = eventLoop.makePromise(of: Withdrawal.self)
-            pending.write(id)
-            pending.followUp(.withdrawal(id, promise))
-            requestPump()
-            return promise.futureResult
+        if record.state != .withdrawn {
+            switch scheduler.withdraw(id) {
+            case .notPending, .alreadySent:
+                return eventLoop.makeSucceededFuture(.alreadySent(document(for: record)))
+            case .withdrawn:
+                record.state = .withdrawn
+                record.completedAt = now()
+                records[id] = record
+                resumeWaiters(of: id)
+                logger.info("request withdrawn", metadata: ["request": "\(id)"])
+            }
         }
+        // Answered once stored, also when asked again: the first withdrawal's commit may still
+        // be running, or may have failed and wait to be written again.
+        let promise = eventLoop.makePromise(of: Withdrawal.self)
+        pending.write(id)
+        pending.followUp(.withdrawal(id, promise))
+        requestPump()
+        return promise.futureResult
     }
 
     // MARK: Status

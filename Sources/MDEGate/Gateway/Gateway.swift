@@ -101,14 +101,19 @@ public actor Gateway {
     /// Something happened that may let an attempt start: pump before the next cut.
     var pumpWanted = false
     /// What a failed commit left out of the store, written again with the next batch.
-    var unsaved = UnsavedChanges()
+    var unsaved = ChangeSet()
     var lazyFlush: Scheduled<Void>?
     var retryFlush: Scheduled<Void>?
+    /// Shutting down (`drain`): nothing new is dispatched.
+    var stopping = false
+    /// Callers of `drain` waiting for the attempts in flight to finish.
+    var drains: [EventLoopPromise<Void>] = []
 
-    /// A caller waiting for a request to be final.
+    /// A caller waiting for a request to be final, and its `Prefer: wait=N` timer.
     struct Waiter {
         let id: Int
         let promise: EventLoopPromise<Answer>
+        var timeout: Scheduled<Void>?
     }
 
     public init(

@@ -23,10 +23,10 @@ import Synchronization
 /// a commit that was reported survives power loss too (with NORMAL it would survive a crash of
 /// the process but not of the machine).
 ///
-/// **One daemon per file.** The store holds `<state.path>.lock` with an exclusive `flock` for
-/// as long as it is open; the kernel releases it when the process ends, however it ends. A
-/// second daemon on the same file refuses to start instead of spending the quota from a copy of
-/// the ledger of its own.
+/// **One daemon per file.** The store holds `<state.path>.lock` with an exclusive POSIX record
+/// lock for as long as it is open (`StateFileLock`); the kernel releases it when the process
+/// ends, however it ends. A second daemon on the same file refuses to start instead of spending
+/// the quota from a copy of the ledger of its own.
 public final class SQLiteStore: GatewayStore {
     /// Attempts older than this, counted from the newest one written, are deleted on write.
     /// The longest window is an hour; a day leaves room for any configuration.
@@ -94,7 +94,8 @@ public final class SQLiteStore: GatewayStore {
     }
 
     /// Stores `changes` with whatever other batches are waiting, and calls `completion` once the
-    /// transaction holding them committed, or failed, on GRDB's writer queue.
+    /// transaction holding them committed, or failed, on GRDB's writer queue (at once, on the
+    /// caller's thread, for an empty batch or a closed store).
     public func commit(_ changes: [StoreChange], completion: @escaping Completion) {
         guard !changes.isEmpty else { return completion(.success(())) }
         enum Next { case refuse, wait, write }
