@@ -122,11 +122,9 @@ public struct Scheduler: Sendable {
     private var backingOff: [RequestID: Timestamp] = [:]
     public private(set) var inFlight = 0
     /// The next slots as projected from `start` (see `projection(notBefore:)`); dropped whenever
-    /// the ledger changes.
+    /// the ledger changes (`nextDispatch`, `attemptDeparted`, `reconfigure`).
     private var projectionCache: (start: Timestamp, slots: [Timestamp])?
-    public private(set) var ledger: Ledger {
-        didSet { projectionCache = nil }
-    }
+    public private(set) var ledger: Ledger
 
     public init(
         ledger: Ledger,
@@ -257,10 +255,8 @@ public struct Scheduler: Sendable {
         if let pausedUntil, now < pausedUntil { return nil }
         guard inFlight < maxConcurrency else { return nil }
         requeueDueRetries(at: now)
-        // Checked before recording, not with `recordIfAllowed`: a refused check must leave the
-        // ledger (and so the cached projection) untouched.
-        guard let client = rotation.first, ledger.earliestSlot(notBefore: now) <= now else { return nil }
-        ledger.record(at: now)
+        guard let client = rotation.first, ledger.recordIfAllowed(at: now) else { return nil }
+        projectionCache = nil
         let jobID = queues[client]!.removeFirst()
         rotation.removeFirst()
         if queues[client]!.isEmpty {
@@ -283,6 +279,7 @@ public struct Scheduler: Sendable {
     /// (after it was stored); see `Ledger.restamp`.
     public mutating func attemptDeparted(dispatchedAt dispatched: Timestamp, at departed: Timestamp) {
         ledger.restamp(dispatched, to: departed)
+        projectionCache = nil
     }
 
     /// When `nextDispatch` may next return an attempt, if nothing else happens first; nil when
@@ -352,6 +349,7 @@ public struct Scheduler: Sendable {
         maxConcurrency: Int, maxPending: Int, earlierAttempts: [Timestamp] = []
     ) {
         ledger.reconfigure(limits: limits, guardBand: guardBand, earlier: earlierAttempts)
+        projectionCache = nil
         self.retryPolicy = retryPolicy
         self.maxConcurrency = max(1, maxConcurrency)
         self.maxPending = max(1, maxPending)

@@ -280,6 +280,19 @@ struct SchedulerTests {
         #expect(scheduler.position(of: "a1", at: at(0))! == (3, at(1)))
         #expect(scheduler.position(of: "a3", at: at(0))! == (5, at(2)))
         #expect(scheduler.depthByClient().map(\.depth) == [4, 1])
+
+        // The estimate follows the ledger: after two dispatches and a late departure, the next
+        // slots are where the new attempts put them, not where the cached projection had them.
+        _ = scheduler.nextDispatch(at: at(0))
+        _ = scheduler.nextDispatch(at: at(0))
+        #expect(scheduler.position(of: "a1", at: at(0))! == (1, at(1)))
+        scheduler.attemptDeparted(dispatchedAt: at(0), at: at(0.25))
+        #expect(scheduler.position(of: "a1", at: at(0))! == (1, at(1)), "one of the two attempts still frees its slot at 1 s")
+        #expect(scheduler.position(of: "a2", at: at(0))! == (2, at(1.25)), "the other one left at 0.25 s")
+        scheduler.reconfigure(
+            limits: [Limit(calls: 1, window: .seconds(2))], guardBand: .zero, retryPolicy: scheduler.retryPolicy,
+            maxConcurrency: 100, maxPending: 1000)
+        #expect(scheduler.position(of: "a1", at: at(0))! == (1, at(2.25)), "a reload moves the estimate too")
     }
 
     @Test("recovered jobs keep their attempts and an interrupted send is queued again")
