@@ -36,6 +36,10 @@ public struct Scheduler: Sendable {
         public internal(set) var failures: Int
         /// The upstream already refused this job's token once (401); a second refusal is final.
         public internal(set) var reauthorized = false
+        /// An attempt of this job may have reached the upstream (any outcome but `.notSent`): from
+        /// then on it can no longer be withdrawn. A job whose attempts could not be stored, and so
+        /// never left, still can.
+        public internal(set) var left: Bool
 
         /// A job as recovered from durable state (see `Scheduler.restore`).
         public init(
@@ -49,6 +53,8 @@ public struct Scheduler: Sendable {
             self.state = state
             self.attempts = attempts
             self.failures = failures
+            // Recovered from the store, which does not say whether an attempt left: assume it did.
+            self.left = attempts > 0
         }
     }
 
@@ -189,6 +195,8 @@ public struct Scheduler: Sendable {
     public mutating func restore(_ job: Job) {
         var job = job
         if job.state == .sending { job.state = .queued }
+        // Whether an attempt left before the restart is not known: assume it did.
+        if job.attempts > 0 { job.left = true }
         jobs[job.id] = job
         for member in job.members where member != job.id { jobOfRequest[member] = job.id }
         jobOfMachineAction[Self.key(job.machineActionID)] = job.id
@@ -199,10 +207,11 @@ public struct Scheduler: Sendable {
         }
     }
 
-    /// Withdraws a request that has not been sent. Once its job made an attempt, it is too late.
+    /// Withdraws a request that has not been sent. Once an attempt of its job may have reached the
+    /// upstream, it is too late.
     public mutating func withdraw(_ request: RequestID) -> Withdrawal {
         guard let jobID = jobID(of: request), var job = jobs[jobID] else { return .notPending }
-        guard job.attempts == 0, job.state == .queued else { return .alreadySent }
+        guard !job.left, job.state == .queued else { return .alreadySent }
         job.members.removeAll { $0 == request }
         jobOfRequest[request] = nil
         pendingRequests -= 1
@@ -311,6 +320,7 @@ public struct Scheduler: Sendable {
         }
         inFlight -= 1
         sendingRequests -= job.members.count
+        if outcome != .notSent { job.left = true }
         switch outcome {
         case .answered(status: 429, let retryAfter):
             let until = now + (retryAfter ?? Self.defaultThrottlePause)

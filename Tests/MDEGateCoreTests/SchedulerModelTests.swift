@@ -228,6 +228,8 @@ private struct ModelJob {
     var attempts = 0
     var failures = 0
     var reauthorized = false
+    /// An attempt may have reached the upstream (every outcome but not sent).
+    var left = false
 }
 
 private struct ModelDiverged: Error {}
@@ -373,7 +375,7 @@ private struct ModelHarness {
 
         let expected: Scheduler.Withdrawal
         if let jobID = jobOfRequest[id], let job = jobs[jobID] {
-            expected = job.attempts == 0 ? .withdrawn(jobCancelled: job.members == [id]) : .alreadySent
+            expected = !job.left && job.state == .queued ? .withdrawn(jobCancelled: job.members == [id]) : .alreadySent
         } else {
             expected = .notPending
         }
@@ -542,6 +544,7 @@ private struct ModelHarness {
 
         let expected: Scheduler.Resolution
         var finishes = false
+        if outcome != .notSent { job.left = true }
         switch outcome {
         case .answered(status: 429, let retryAfter):
             let until = now + (retryAfter ?? .seconds(60))
@@ -646,8 +649,10 @@ private struct ModelHarness {
                     coverage.restoredBackingOff += 1
                 }
             }
-            // Not part of durable state: a restarted job may be refused once more.
+            // Not part of durable state: a restarted job may be refused once more, and counts as
+            // having left once it made an attempt.
             job.reauthorized = false
+            job.left = job.attempts > 0
             jobs[job.id] = job
             recovered.append(
                 Scheduler.Job(

@@ -137,6 +137,21 @@ struct SchedulerTests {
         #expect(scheduler.job(of: "d") == nil)
     }
 
+    @Test("a request whose only attempt could not be stored never left, so it can still be withdrawn")
+    func withdrawAfterNotSent() {
+        var scheduler = makeScheduler()
+        _ = scheduler.submit("a", machineActionID: guid(1), client: alice)
+        _ = scheduler.nextDispatch(at: at(0))
+        _ = scheduler.finish("a", outcome: .notSent, at: at(0), jitter: 0)
+        let withdrawal = scheduler.withdraw("a")
+        #expect(withdrawal == .withdrawn(jobCancelled: true))
+        _ = scheduler.submit("b", machineActionID: guid(2), client: alice)
+        _ = scheduler.nextDispatch(at: at(2))
+        _ = scheduler.finish("b", outcome: .answered(status: 503, retryAfter: nil), at: at(2), jitter: 0)
+        let late = scheduler.withdraw("b")
+        #expect(late == .alreadySent, "an attempt that got an answer left")
+    }
+
     @Test("the queue is bounded, coalesced requests included")
     func boundedQueue() {
         var scheduler = makeScheduler(maxPending: 2)
