@@ -10,7 +10,7 @@ import DequeModule
 /// The rule, for every limit `N/W`: an attempt may start at `t` only if fewer than N attempts
 /// started in `(t - W - guard, t]`. The guard band absorbs clock skew and network jitter between
 /// our clock and the upstream's: an attempt recorded here at `t` may arrive there a little later.
-public struct Ledger: Sendable {
+public struct Ledger: QuotaLedger {
     /// The limits in force; all of them are checked for every attempt.
     public private(set) var limits: [Limit]
     /// Extra length added to every window, so jitter never lets two windows' worth overlap upstream.
@@ -25,10 +25,8 @@ public struct Ledger: Sendable {
         self.attempts = Deque(attempts.sorted())
     }
 
-    /// How far back the rule looks: the longest window plus the guard band. The ledger keeps
-    /// no attempt older than that.
-    public var horizon: Duration { Self.horizon(limits: limits, guardBand: guardBand) }
-
+    /// The longest window plus the guard band: how far back the rule looks. A ledger keeps no
+    /// attempt older than that.
     public static func horizon(limits: [Limit], guardBand: Duration) -> Duration {
         (limits.map(\.window).max() ?? .zero) + guardBand
     }
@@ -41,7 +39,7 @@ public struct Ledger: Sendable {
     /// attempt it still holds, and older than its horizon before the reload. The ones it holds
     /// are its own, restamped to when they left (the store may still have them at the instant
     /// their slot was taken).
-    public mutating func reconfigure(limits: [Limit], guardBand: Duration, earlier: some Sequence<Timestamp> = []) {
+    public mutating func reconfigure(limits: [Limit], guardBand: Duration, earlier: [Timestamp] = []) {
         precondition(!limits.isEmpty, "a ledger needs at least one limit")
         let cutoff = attempts.last.map { $0 - horizon }
         let oldest = attempts.first

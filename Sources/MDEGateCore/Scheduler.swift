@@ -2,12 +2,14 @@ import DequeModule
 
 /// The scheduling policy: which queued request goes upstream next, and when.
 ///
-/// - Every client has its own FIFO queue; clients are served round-robin, so a tool that queues
-///   10,000 cancels does not starve one that queues 3.
-/// - A cancel for a machine action id that is already queued or being sent joins that *job*: one
-///   upstream call, and every member gets the same answer.
-/// - An attempt starts only when the `Ledger` allows it, never while paused by a 429, and never
-///   beyond `maxConcurrency` attempts in flight.
+/// - Every upstream API is a *lane* with its own quota (a `QuotaLedger`), its own 429 pause and
+///   its own queues, so a saturated API never delays a request for another one.
+/// - In a lane, every client has its own FIFO queue; clients are served round-robin, so a tool
+///   that queues 10,000 cancels does not starve one that queues 3.
+/// - A request for the same API and target (say, a cancel of a machine action id) as one already
+///   queued or being sent joins that *job*: one upstream call, and every member gets the answer.
+/// - An attempt starts only when its lane's ledger allows it, never while its lane is paused, and
+///   never beyond `maxConcurrency` attempts in flight over all lanes.
 ///
 /// It is a value with no I/O and no clock: the caller passes the time in, runs `nextDispatch`
 /// until it returns nil, then sets a timer for `nextWakeup` (the exact next free slot, no polling).
@@ -23,8 +25,11 @@ public struct Scheduler: Sendable {
 
         /// The id of the request that created the job; coalesced requests "joined" it.
         public let id: RequestID
-        /// The machine action id as the first request spelled it (sent upstream as is).
-        public let machineActionID: String
+        /// The upstream API the job calls: the lane it waits in and the ledger it spends.
+        public let api: UpstreamAPI
+        /// What the call is about (a machine action id for `cancel`), as the first request
+        /// spelled it: sent upstream as is, and compared case-insensitively for coalescing.
+        public let target: String
         /// The client whose queue the job waits in.
         public let client: ClientID
         /// The requests waiting for this job's answer, in arrival order.
@@ -43,11 +48,12 @@ public struct Scheduler: Sendable {
 
         /// A job as recovered from durable state (see `Scheduler.restore`).
         public init(
-            id: RequestID, machineActionID: String, client: ClientID, members: [RequestID],
+            id: RequestID, api: UpstreamAPI, target: String, client: ClientID, members: [RequestID],
             state: State = .queued, attempts: Int = 0, failures: Int = 0
         ) {
             self.id = id
-            self.machineActionID = machineActionID
+            self.api = api
+            self.target = target
             self.client = client
             self.members = members
             self.state = state
@@ -81,7 +87,8 @@ public struct Scheduler: Sendable {
     /// An attempt the caller must now send upstream. The ledger already counts it.
     public struct Dispatch: Sendable, Equatable {
         public var job: RequestID
-        public var machineActionID: String
+        public var api: UpstreamAPI
+        public var target: String
         public var members: [RequestID]
         /// 1 for the first attempt of this job.
         public var attempt: Int
@@ -93,10 +100,11 @@ public struct Scheduler: Sendable {
         case finished(members: [RequestID], attempts: Int)
         /// A failure that will be retried at `at`.
         case retrying(at: Timestamp, attempts: Int)
-        /// A 429: the whole gateway pauses until `until`, and the job is back at its queue's head.
+        /// A 429: the job's API pauses until `until`, and the job is back at its queue's head.
         case throttled(until: Timestamp)
-        /// The attempt was not sent: dispatch pauses until `until` and the job is back at its
-        /// queue's head, without using a retry (the slot it took stays spent).
+        /// The attempt was not sent: every lane pauses a while (the store, not the API, failed;
+        /// `until` is when the job's own lane resumes) and the job is back at its queue's head,
+        /// without using a retry (the slot it took stays spent).
         case notSent(until: Timestamp)
         /// A first 401: the token was refused. The job is back at its queue's head, to be sent
         /// once more with a new token; the refused attempt counts like any other.
@@ -106,8 +114,6 @@ public struct Scheduler: Sendable {
     public private(set) var retryPolicy: RetryPolicy
     public private(set) var maxConcurrency: Int
     public private(set) var maxPending: Int
-    /// No attempt starts before this instant (set by an upstream 429).
-    public private(set) var pausedUntil: Timestamp?
     /// The pause used when a 429 carries no `Retry-After`.
     public static let defaultThrottlePause: Duration = .seconds(60)
     /// The pause after an attempt could not be recorded (the state store failed): short, so
@@ -119,31 +125,45 @@ public struct Scheduler: Sendable {
     /// Only for requests that joined another's job: a job's id is the id of the request that
     /// created it, so the usual single-request job needs no entry (see `jobID(of:)`).
     private var jobOfRequest: [RequestID: RequestID] = [:]
-    /// The unfinished job for each machine action id (lowercased: GUIDs compare case-insensitively).
-    private var jobOfMachineAction: [String: RequestID] = [:]
-    private var queues: [ClientID: Deque<RequestID>] = [:]
-    /// Clients with queued jobs, in round-robin order: the first is served next.
-    private var rotation: Deque<ClientID> = []
-    /// Jobs waiting out a retry backoff, and when each is due.
-    private var backingOff: [RequestID: Timestamp] = [:]
+    /// The unfinished job for each API and target.
+    private var jobOfTarget: [TargetKey: RequestID] = [:]
+    /// One lane per API, in the order of `apis`; `laneOfAPI` finds one by name.
+    private var lanes: [Lane]
+    private let laneOfAPI: [UpstreamAPI: Int]
+    /// The lane `nextDispatch` looks at first: lanes take turns, so under the concurrency cap one
+    /// busy API does not take every slot in flight.
+    private var nextLane = 0
     public private(set) var inFlight = 0
-    /// The next slots as projected from `start` (see `projection(notBefore:)`); dropped whenever
-    /// the ledger changes (`nextDispatch`, `attemptDeparted`, `reconfigure`).
-    private var projectionCache: (start: Timestamp, slots: [Timestamp])?
-    public private(set) var ledger: Ledger
 
+    /// `ledgers`: one for every API that requests may be submitted to. Which APIs exist is the
+    /// caller's business; the scheduler treats them all alike.
     public init(
-        ledger: Ledger,
+        ledgers: [UpstreamAPI: any QuotaLedger],
         retryPolicy: RetryPolicy,
         maxConcurrency: Int,
-        maxPending: Int,
-        pausedUntil: Timestamp? = nil
+        maxPending: Int
     ) {
-        self.ledger = ledger
+        precondition(!ledgers.isEmpty, "a scheduler needs at least one API")
+        let apis = ledgers.keys.sorted()
+        self.lanes = apis.map { Lane(api: $0, ledger: ledgers[$0]!) }
+        self.laneOfAPI = Dictionary(uniqueKeysWithValues: apis.enumerated().map { ($1, $0) })
         self.retryPolicy = retryPolicy
         self.maxConcurrency = max(1, maxConcurrency)
         self.maxPending = max(1, maxPending)
-        self.pausedUntil = pausedUntil
+    }
+
+    /// The APIs this scheduler has a lane for, by name.
+    public var apis: [UpstreamAPI] { lanes.map(\.api) }
+
+    /// The quota of `api`, for status.
+    public func ledger(_ api: UpstreamAPI) -> any QuotaLedger {
+        lanes[lane(api)].ledger
+    }
+
+    /// No attempt for `api` starts before this instant (set by an upstream 429, or by a failed
+    /// store for all lanes). Nil when it was never paused.
+    public func pausedUntil(_ api: UpstreamAPI) -> Timestamp? {
+        lanes[lane(api)].pausedUntil
     }
 
     /// Requests not finished yet (queued, backing off, or being sent), coalesced ones included.
@@ -156,27 +176,30 @@ public struct Scheduler: Sendable {
 
     // MARK: Submitting and withdrawing
 
-    /// Admits a request for `machineActionID`, joining an unfinished job for the same id if any.
+    /// Admits a request to call `api` about `target`, joining an unfinished job for the same API
+    /// and target if any.
     public mutating func submit(
         _ request: RequestID,
-        machineActionID: String,
+        api: UpstreamAPI,
+        target: String,
         client: ClientID
     ) -> Admission {
+        let laneIndex = lane(api)
         guard pendingRequests < maxPending else { return .queueFull }
         pendingRequests += 1
-        let key = Self.key(machineActionID)
-        if let leader = jobOfMachineAction[key] {
+        let key = TargetKey(api: api, target: target)
+        if let leader = jobOfTarget[key] {
             jobs[leader]!.members.append(request)
             jobOfRequest[request] = leader
             if jobs[leader]!.state == .sending { sendingRequests += 1 }
             return .joined(leader: leader)
         }
         let job = Job(
-            id: request, machineActionID: machineActionID, client: client,
+            id: request, api: api, target: target, client: client,
             members: [request], state: .queued, attempts: 0, failures: 0)
         jobs[request] = job
-        jobOfMachineAction[key] = request
-        enqueue(request, of: client, atHead: false)
+        jobOfTarget[key] = request
+        lanes[laneIndex].enqueue(request, of: client, atHead: false)
         return .queued
     }
 
@@ -186,7 +209,7 @@ public struct Scheduler: Sendable {
         let requests = recovered.reduce(0) { $0 + $1.members.count }
         jobs.reserveCapacity(jobs.count + recovered.count)
         jobOfRequest.reserveCapacity(jobOfRequest.count + requests - recovered.count)
-        jobOfMachineAction.reserveCapacity(jobOfMachineAction.count + recovered.count)
+        jobOfTarget.reserveCapacity(jobOfTarget.count + recovered.count)
         for job in recovered { restore(job) }
     }
 
@@ -199,11 +222,12 @@ public struct Scheduler: Sendable {
         if job.attempts > 0 { job.left = true }
         jobs[job.id] = job
         for member in job.members where member != job.id { jobOfRequest[member] = job.id }
-        jobOfMachineAction[Self.key(job.machineActionID)] = job.id
+        jobOfTarget[TargetKey(api: job.api, target: job.target)] = job.id
         pendingRequests += job.members.count
+        let laneIndex = lane(job.api)
         switch job.state {
-        case .queued, .sending: enqueue(job.id, of: job.client, atHead: false)
-        case .backingOff(let until): backingOff[job.id] = until
+        case .queued, .sending: lanes[laneIndex].enqueue(job.id, of: job.client, atHead: false)
+        case .backingOff(let until): lanes[laneIndex].backingOff[job.id] = (job.client, until)
         }
     }
 
@@ -217,11 +241,7 @@ public struct Scheduler: Sendable {
         pendingRequests -= 1
         if job.members.isEmpty {
             removeJob(job)
-            queues[job.client]?.removeAll { $0 == jobID }
-            if queues[job.client]?.isEmpty == true {
-                queues[job.client] = nil
-                rotation.removeAll { $0 == job.client }
-            }
+            lanes[lane(job.api)].dequeue(jobID, of: job.client)
             return .withdrawn(jobCancelled: true)
         }
         jobs[jobID] = job
@@ -243,68 +263,54 @@ public struct Scheduler: Sendable {
             return true
         }
         removeJob(job)
+        let laneIndex = lane(job.api)
         switch job.state {
         case .sending: inFlight -= 1
-        case .backingOff: backingOff[jobID] = nil
-        case .queued:
-            queues[job.client]?.removeAll { $0 == jobID }
-            if queues[job.client]?.isEmpty == true {
-                queues[job.client] = nil
-                rotation.removeAll { $0 == job.client }
-            }
+        case .backingOff: lanes[laneIndex].backingOff[jobID] = nil
+        case .queued: lanes[laneIndex].dequeue(jobID, of: job.client)
         }
         return true
     }
 
     // MARK: Dispatching
 
-    /// The next attempt to send now, if the pause, the concurrency cap and every limit allow one.
-    /// Records the attempt in the ledger in the same step. Call until it returns nil.
+    /// The next attempt to send now, if the concurrency cap and, in some lane, the pause and
+    /// every limit allow one. Records the attempt in that lane's ledger in the same step. Lanes
+    /// take turns. Call until it returns nil.
     public mutating func nextDispatch(at now: Timestamp) -> Dispatch? {
-        if let pausedUntil, now < pausedUntil { return nil }
         guard inFlight < maxConcurrency else { return nil }
-        requeueDueRetries(at: now)
-        guard let client = rotation.first, ledger.recordIfAllowed(at: now) else { return nil }
-        projectionCache = nil
-        let jobID = queues[client]!.removeFirst()
-        rotation.removeFirst()
-        if queues[client]!.isEmpty {
-            queues[client] = nil
-        } else {
-            rotation.append(client)  // a client with more work waits for everyone else's turn
+        for turn in 0..<lanes.count {
+            let laneIndex = (nextLane + turn) % lanes.count
+            for jobID in lanes[laneIndex].dueRetries(at: now) { jobs[jobID]!.state = .queued }
+            guard let jobID = lanes[laneIndex].takeNext(at: now) else { continue }
+            nextLane = (laneIndex + 1) % lanes.count
+            return dispatch(jobID)
         }
+        return nil
+    }
 
+    private mutating func dispatch(_ jobID: RequestID) -> Dispatch {
         jobs[jobID]!.state = .sending
         jobs[jobID]!.attempts += 1
         inFlight += 1
         let job = jobs[jobID]!
         sendingRequests += job.members.count
         return Dispatch(
-            job: jobID, machineActionID: job.machineActionID, members: job.members,
+            job: jobID, api: job.api, target: job.target, members: job.members,
             attempt: job.attempts)
     }
 
-    /// Tells the ledger that the attempt dispatched at `dispatched` left only at `departed`
+    /// Tells `api`'s ledger that the attempt dispatched at `dispatched` left only at `departed`
     /// (after it was stored); see `Ledger.restamp`.
-    public mutating func attemptDeparted(dispatchedAt dispatched: Timestamp, at departed: Timestamp) {
-        ledger.restamp(dispatched, to: departed)
-        projectionCache = nil
+    public mutating func attemptDeparted(_ api: UpstreamAPI, dispatchedAt dispatched: Timestamp, at departed: Timestamp) {
+        lanes[lane(api)].restamp(dispatched, to: departed)
     }
 
     /// When `nextDispatch` may next return an attempt, if nothing else happens first; nil when
     /// only a finishing attempt or a new request can change anything. Never earlier than `now`.
     public func nextWakeup(after now: Timestamp) -> Timestamp? {
         guard inFlight < maxConcurrency else { return nil }
-        let readyAt: Timestamp?
-        if !rotation.isEmpty {
-            readyAt = now
-        } else {
-            readyAt = backingOff.values.min()
-        }
-        guard let readyAt else { return nil }
-        var wakeup = ledger.earliestSlot(notBefore: max(now, readyAt))
-        if let pausedUntil { wakeup = max(wakeup, pausedUntil) }
-        return wakeup
+        return lanes.compactMap { $0.nextWakeup(after: now) }.min()
     }
 
     /// Takes the outcome of an attempt and decides what follows for its job.
@@ -323,15 +329,14 @@ public struct Scheduler: Sendable {
         if outcome != .notSent { job.left = true }
         switch outcome {
         case .answered(status: 429, let retryAfter):
-            let until = now + (retryAfter ?? Self.defaultThrottlePause)
-            pausedUntil = max(pausedUntil ?? until, until)
+            let laneIndex = lane(job.api)
+            lanes[laneIndex].pause(until: now + (retryAfter ?? Self.defaultThrottlePause))
             putBack(job)
-            return .throttled(until: pausedUntil!)
+            return .throttled(until: lanes[laneIndex].pausedUntil!)
         case .notSent:
-            let until = now + Self.notSentPause
-            pausedUntil = max(pausedUntil ?? until, until)
+            pauseAll(until: now + Self.notSentPause)
             putBack(job)
-            return .notSent(until: pausedUntil!)
+            return .notSent(until: lanes[lane(job.api)].pausedUntil!)
         case .answered(status: 401, _) where !job.reauthorized:
             job.reauthorized = true
             putBack(job)
@@ -344,30 +349,37 @@ public struct Scheduler: Sendable {
             let due = now + retryPolicy.backoff(afterFailures: job.failures, jitter: jitter)
             job.state = .backingOff(until: due)
             jobs[jobID] = job
-            backingOff[jobID] = due
+            lanes[lane(job.api)].backingOff[jobID] = (job.client, due)
             return .retrying(at: due, attempts: job.attempts)
         }
     }
 
     // MARK: Configuration and state
 
-    /// Applies reloaded settings; queue, jobs and the ledger's attempts are kept. A reload that
-    /// lengthens the ledger's horizon needs the attempts it already let go of, as `earlierAttempts`
-    /// (see `Ledger.reconfigure`).
+    /// Applies reloaded settings; queues, jobs and the ledgers' attempts are kept. `limits` gives
+    /// each API its limits (an API left out keeps its own). A reload that lengthens a ledger's
+    /// horizon needs the attempts it already let go of, as `earlierAttempts[api]` (see
+    /// `Ledger.reconfigure`).
     public mutating func reconfigure(
-        limits: [Limit], guardBand: Duration, retryPolicy: RetryPolicy,
-        maxConcurrency: Int, maxPending: Int, earlierAttempts: [Timestamp] = []
+        limits: [UpstreamAPI: [Limit]], guardBand: Duration, retryPolicy: RetryPolicy,
+        maxConcurrency: Int, maxPending: Int, earlierAttempts: [UpstreamAPI: [Timestamp]] = [:]
     ) {
-        ledger.reconfigure(limits: limits, guardBand: guardBand, earlier: earlierAttempts)
-        projectionCache = nil
+        for (api, apiLimits) in limits {
+            lanes[lane(api)].reconfigure(limits: apiLimits, guardBand: guardBand, earlier: earlierAttempts[api] ?? [])
+        }
         self.retryPolicy = retryPolicy
         self.maxConcurrency = max(1, maxConcurrency)
         self.maxPending = max(1, maxPending)
     }
 
-    /// Restores a pause that was in force before a restart.
-    public mutating func pause(until: Timestamp) {
-        pausedUntil = max(pausedUntil ?? until, until)
+    /// Pauses `api` until `until` (a pause in force before a restart); a longer pause stays.
+    public mutating func pause(_ api: UpstreamAPI, until: Timestamp) {
+        lanes[lane(api)].pause(until: until)
+    }
+
+    /// Pauses every API until `until`: the store failed, which no API can get past.
+    public mutating func pauseAll(until: Timestamp) {
+        for index in lanes.indices { lanes[index].pause(until: until) }
     }
 
     /// The job a request belongs to, while it is unfinished.
@@ -381,59 +393,41 @@ public struct Scheduler: Sendable {
         jobs[id]
     }
 
-    /// Queued jobs per client, in rotation order (the next client served first).
+    /// Queued jobs per client over all lanes: clients in the order they are next served in the
+    /// first lane they wait in.
     public func depthByClient() -> [(client: ClientID, depth: Int)] {
-        rotation.map { ($0, queues[$0]?.count ?? 0) }
+        var order: [ClientID] = []
+        var depth: [ClientID: Int] = [:]
+        for lane in lanes {
+            for client in lane.rotation {
+                if depth[client] == nil { order.append(client) }
+                depth[client, default: 0] += lane.queues[client]?.count ?? 0
+            }
+        }
+        return order.map { ($0, depth[$0]!) }
     }
 
-    /// Where a queued request stands: its 1-based place in the order of dispatch under round-robin,
-    /// and the instant that place's slot opens if nothing else changes. Nil unless queued.
+    /// Queued jobs in `api`'s lane (not counting the ones backing off).
+    public func queuedJobs(_ api: UpstreamAPI) -> Int {
+        lanes[lane(api)].queuedJobs
+    }
+
+    /// Where a queued request stands: its 1-based place in its lane's order of dispatch under
+    /// round-robin, and the instant that place's slot opens if nothing else changes. Nil unless
+    /// queued.
     ///
     /// Mutating only for a cache: the projection of the next slots is kept until the ledger
     /// changes, so answering 20,000 admissions a second does not copy the ledger 20,000 times.
     public mutating func position(of request: RequestID, at now: Timestamp) -> (
         position: Int, estimatedDispatchAt: Timestamp
     )? {
-        guard let job = job(of: request), job.state == .queued, let queue = queues[job.client],
-            let turn = rotation.firstIndex(of: job.client)
-        else { return nil }
-        // Search from the back: a request just admitted (the common question) is at or near the end.
-        guard let index = queue.lastIndex(of: job.id) else { return nil }
-        // Jobs sent before it: its own client's earlier ones, and from every other client as many
-        // as rounds pass (one more from the clients ahead of it in this round).
-        var ahead = index
-        for (place, other) in rotation.enumerated() where other != job.client {
-            ahead += min(queues[other]!.count, place < turn ? index + 1 : index)
-        }
-        let start = max(now, pausedUntil ?? now)
-        return (ahead + 1, estimatedSlot(ahead, notBefore: start))
+        guard let job = job(of: request), job.state == .queued else { return nil }
+        return lanes[lane(job.api)].position(of: job.id, client: job.client, at: now)
     }
 
     /// How many of the next slots are projected exactly with the ledger; beyond them the estimate
-    /// extrapolates at the pace of the tightest limit, so a request deep in a long queue is cheap.
+    /// extrapolates at the pace of the tightest limit.
     static let exactSlots = 32
-
-    /// The instant of the `index`-th next slot (0-based), from the cached projection.
-    private mutating func estimatedSlot(_ index: Int, notBefore start: Timestamp) -> Timestamp {
-        let projected = projection(notBefore: start)
-        let remaining = index - (projected.count - 1)
-        guard remaining > 0 else { return projected[index] }
-        let paces = ledger.limits.map { Double(($0.window + ledger.guardBand).nanoseconds) / Double($0.calls) }
-        let pace = paces.max() ?? 0
-        return projected.last! + .nanoseconds(Int64(pace * Double(remaining)))
-    }
-
-    /// The next `exactSlots` slots from `start`. A projection made from an earlier start holds
-    /// as long as the ledger did not change and `start` is not past its first slot: no instant
-    /// between that start and the first slot is allowed, so both starts lead to the same slots.
-    private mutating func projection(notBefore start: Timestamp) -> [Timestamp] {
-        if let cached = projectionCache, cached.start <= start, start <= cached.slots[0] {
-            return cached.slots
-        }
-        let slots = ledger.projectedSlots(count: Self.exactSlots, notBefore: start)
-        projectionCache = (start, slots)
-        return slots
-    }
 
     // MARK: Internals
 
@@ -443,11 +437,11 @@ public struct Scheduler: Sendable {
         return .finished(members: job.members, attempts: job.attempts)
     }
 
-    /// The id as `jobOfMachineAction` knows it: lowercased, sharing the id's own storage when it
-    /// is lowercase already (as most tools send it), so 100,000 queued jobs hold no second copy.
-    private static func key(_ machineActionID: String) -> String {
-        let lowered = machineActionID.lowercased()
-        return lowered == machineActionID ? machineActionID : lowered
+    /// The lane of `api`. Submitting to an API the scheduler was given no ledger for is a
+    /// programming error: the gateway makes a lane for every API it routes.
+    private func lane(_ api: UpstreamAPI) -> Int {
+        guard let index = laneOfAPI[api] else { preconditionFailure("no lane for the upstream API \(api)") }
+        return index
     }
 
     /// Puts a job whose attempt did not count as a failure back at the head of its client's queue.
@@ -455,7 +449,7 @@ public struct Scheduler: Sendable {
         var job = job
         job.state = .queued
         jobs[job.id] = job
-        enqueue(job.id, of: job.client, atHead: true)
+        lanes[lane(job.api)].enqueue(job.id, of: job.client, atHead: true)
     }
 
     /// The job `request` belongs to while it is unfinished: its own, or the one it joined. A
@@ -469,31 +463,7 @@ public struct Scheduler: Sendable {
     private mutating func removeJob(_ job: Job) {
         jobs[job.id] = nil
         for member in job.members { jobOfRequest[member] = nil }
-        let key = Self.key(job.machineActionID)
-        if jobOfMachineAction[key] == job.id { jobOfMachineAction[key] = nil }
-    }
-
-    /// Moves jobs whose backoff is over to the head of their clients' queues.
-    private mutating func requeueDueRetries(at now: Timestamp) {
-        guard !backingOff.isEmpty else { return }
-        let due = backingOff.filter { $0.value <= now }.sorted { ($0.value, $0.key) < ($1.value, $1.key) }
-        for (jobID, _) in due.reversed() {
-            backingOff[jobID] = nil
-            jobs[jobID]!.state = .queued
-            enqueue(jobID, of: jobs[jobID]!.client, atHead: true)
-        }
-    }
-
-    private mutating func enqueue(_ jobID: RequestID, of client: ClientID, atHead: Bool) {
-        let wasIdle = queues[client] == nil
-        if atHead {
-            queues[client, default: []].prepend(jobID)
-        } else {
-            queues[client, default: []].append(jobID)
-        }
-        if wasIdle {
-            // A job put back after a 429 or a backoff was already this client's turn: serve it first.
-            if atHead { rotation.prepend(client) } else { rotation.append(client) }
-        }
+        let key = TargetKey(api: job.api, target: job.target)
+        if jobOfTarget[key] == job.id { jobOfTarget[key] = nil }
     }
 }

@@ -14,7 +14,7 @@ func simulate(
     outcome: (Int) -> AttemptOutcome = { _ in .answered(status: 200, retryAfter: nil) }
 ) -> [(time: Timestamp, job: RequestID)] {
     var scheduler = Scheduler(
-        ledger: Ledger(limits: limits, guardBand: guardBand),
+        ledgers: [.cancel: Ledger(limits: limits, guardBand: guardBand)],
         retryPolicy: RetryPolicy(maxAttempts: 3, initialBackoff: .milliseconds(100), maxBackoff: .seconds(1)),
         maxConcurrency: maxConcurrency, maxPending: 1_000_000)
     var pending = arrivals.enumerated().map { (index: $0.offset, time: $0.element.time, client: $0.element.client) }
@@ -28,7 +28,7 @@ func simulate(
         steps += 1
         while let next = pending.first, next.time <= now {
             pending.removeFirst()
-            _ = scheduler.submit("r\(next.index)", machineActionID: "m\(next.index)", client: next.client)
+            _ = scheduler.submit("r\(next.index)", api: .cancel, target: "m\(next.index)", client: next.client)
         }
         completions.sort { $0.time < $1.time }
         while let done = completions.first, done.time <= now {

@@ -56,9 +56,9 @@ struct SchedulerModelTests {
     func reloadThatLengthensAWindow() {
         let policy = RetryPolicy(maxAttempts: 1, initialBackoff: .seconds(1), maxBackoff: .seconds(1))
         var scheduler = Scheduler(
-            ledger: Ledger(limits: [Limit(calls: 1, window: .seconds(1))], guardBand: .zero),
+            ledgers: [.cancel: Ledger(limits: [Limit(calls: 1, window: .seconds(1))], guardBand: .zero)],
             retryPolicy: policy, maxConcurrency: 10, maxPending: 10)
-        for n in 0..<3 { _ = scheduler.submit("r\(n)", machineActionID: "m\(n)", client: ClientID(uid: 1)) }
+        for n in 0..<3 { _ = scheduler.submit("r\(n)", api: .cancel, target: "m\(n)", client: ClientID(uid: 1)) }
         let t0 = Timestamp(secondsSinceEpoch: 1_700_000_000)
         let first = scheduler.nextDispatch(at: t0)
         #expect(first?.job == "r0")
@@ -66,10 +66,10 @@ struct SchedulerModelTests {
         let second = scheduler.nextDispatch(at: t0 + .seconds(1))
         #expect(second?.job == "r1")
         // The upstream's limit is in fact 2 per 10 s, and the reload says so.
-        #expect(scheduler.ledger.attempts.count == 1, "the attempt at t0 is out of every window in force")
+        #expect((scheduler.ledger(.cancel) as? Ledger)?.attempts.count == 1, "the attempt at t0 is out of every window in force")
         scheduler.reconfigure(
-            limits: [Limit(calls: 2, window: .seconds(10))], guardBand: .zero, retryPolicy: policy,
-            maxConcurrency: 10, maxPending: 10, earlierAttempts: [t0, t0 + .seconds(1)])
+            limits: [.cancel: [Limit(calls: 2, window: .seconds(10))]], guardBand: .zero, retryPolicy: policy,
+            maxConcurrency: 10, maxPending: 10, earlierAttempts: [.cancel: [t0, t0 + .seconds(1)]])
         // (t0 - 9 s, t0 + 1 s] already holds two attempts: a third must wait until t0 + 10 s.
         #expect(scheduler.nextWakeup(after: t0 + .seconds(1)) == t0 + .seconds(10))
         let third = scheduler.nextDispatch(at: t0 + .seconds(1))
@@ -270,7 +270,7 @@ private struct ModelHarness {
         settings = .random(&dice)
         pool = dice.int(2...8)
         scheduler = Scheduler(
-            ledger: Ledger(limits: settings.limits, guardBand: settings.guardBand),
+            ledgers: [.cancel: Ledger(limits: settings.limits, guardBand: settings.guardBand)],
             retryPolicy: settings.retryPolicy, maxConcurrency: settings.maxConcurrency,
             maxPending: settings.maxPending)
         coverage.runs = 1
@@ -326,7 +326,7 @@ private struct ModelHarness {
         } else {
             expected = .queued
         }
-        let admission = scheduler.submit(id, machineActionID: machineActionID, client: client)
+        let admission = scheduler.submit(id, api: .cancel, target: machineActionID, client: client)
         log("submit \(id) \(client) \(machineActionID) → \(admission)")
         try check(admission == expected, "submit \(id): the scheduler answered \(admission), the model \(expected)")
 
@@ -446,7 +446,7 @@ private struct ModelHarness {
             coverage.pauseRefused += 1
         } else if inFlight.count >= settings.maxConcurrency {
             coverage.concurrencyRefused += 1
-        } else if scheduler.ledger.earliestSlot(notBefore: now) > now, !scheduler.depthByClient().isEmpty {
+        } else if scheduler.ledger(.cancel).earliestSlot(notBefore: now) > now, !scheduler.depthByClient().isEmpty {
             coverage.limitRefused += 1
         }
         // After a full drain, nothing is due now: a wake-up at `now` would spin.
@@ -494,8 +494,8 @@ private struct ModelHarness {
             "dispatch members \(dispatch.members) include a withdrawn or finished request")
         try check(dispatch.attempt == job.attempts + 1, "attempt \(dispatch.attempt), model \(job.attempts + 1)")
         try check(
-            dispatch.machineActionID == job.machineActionID,
-            "sent as \(dispatch.machineActionID), first spelled \(job.machineActionID)")
+            dispatch.target == job.machineActionID,
+            "sent as \(dispatch.target), first spelled \(job.machineActionID)")
         if job.attempts == 0 {
             let next = fresh[job.client]?.first
             try check(
@@ -607,16 +607,16 @@ private struct ModelHarness {
 
     mutating func reconfigure(_ dice: inout Dice) throws {
         try checkLedger()
-        let horizon = scheduler.ledger.horizon
+        let horizon = scheduler.ledger(.cancel).horizon
         settings = settings.reloaded(&dice)
         // As the gateway does: a longer horizon reads the earlier attempts back from the store,
         // which keeps every one (here: every dispatch ever made).
         let lengthens = Ledger.horizon(limits: settings.limits, guardBand: settings.guardBand) > horizon
         if lengthens { coverage.lengthened += 1 }
         scheduler.reconfigure(
-            limits: settings.limits, guardBand: settings.guardBand, retryPolicy: settings.retryPolicy,
+            limits: [.cancel: settings.limits], guardBand: settings.guardBand, retryPolicy: settings.retryPolicy,
             maxConcurrency: settings.maxConcurrency, maxPending: settings.maxPending,
-            earlierAttempts: lengthens ? dispatchTimes : [])
+            earlierAttempts: lengthens ? [.cancel: dispatchTimes] : [:])
         coverage.reconfigured += 1
         log("reconfigure: \(settings)")
     }
@@ -656,23 +656,24 @@ private struct ModelHarness {
             jobs[job.id] = job
             recovered.append(
                 Scheduler.Job(
-                    id: job.id, machineActionID: job.machineActionID, client: job.client, members: job.members,
+                    id: job.id, api: .cancel, target: job.machineActionID, client: job.client, members: job.members,
                     state: state, attempts: job.attempts, failures: job.failures))
         }
 
         let ledger = Ledger(
-            limits: settings.limits, guardBand: settings.guardBand, attempts: Array(scheduler.ledger.attempts))
-        let pause = scheduler.pausedUntil
+            limits: settings.limits, guardBand: settings.guardBand, attempts: Array(cancelLedger.attempts))
+        let pause = scheduler.pausedUntil(.cancel)
         let pauseLater = dice.percent(30)
         scheduler = Scheduler(
-            ledger: ledger, retryPolicy: settings.retryPolicy, maxConcurrency: settings.maxConcurrency,
-            maxPending: settings.maxPending, pausedUntil: pauseLater ? nil : pause)
-        if pauseLater, let pause { scheduler.pause(until: pause) }
+            ledgers: [.cancel: ledger], retryPolicy: settings.retryPolicy, maxConcurrency: settings.maxConcurrency,
+            maxPending: settings.maxPending)
+        if !pauseLater, let pause { scheduler.pause(.cancel, until: pause) }
         if dice.percent(50) {
             scheduler.restore(recovered)
         } else {
             for job in recovered { scheduler.restore(job) }
         }
+        if pauseLater, let pause { scheduler.pause(.cancel, until: pause) }
 
         inFlight = []
         fresh = [:]
@@ -711,9 +712,11 @@ private struct ModelHarness {
 
     // MARK: Invariants after every step
 
+    var cancelLedger: Ledger { scheduler.ledger(.cancel) as! Ledger }
+
     /// The ledger holds the latest attempts dispatched, exactly.
     func checkLedger() throws {
-        let kept = Array(scheduler.ledger.attempts)
+        let kept = Array(cancelLedger.attempts)
         try check(
             kept == Array(dispatchTimes.suffix(kept.count)),
             "the ledger holds \(kept.map(rel)), not the last \(kept.count) dispatches")
@@ -729,8 +732,8 @@ private struct ModelHarness {
             "model: \(jobOfRequest.count) pending, \(admitted) admitted - \(finished.count) finished - \(withdrawn.count) withdrawn")
         try check(scheduler.inFlight == inFlight.count, "inFlight \(scheduler.inFlight), model \(inFlight.count)")
         try check(
-            pausedUntil == scheduler.pausedUntil,
-            "paused until \(rel(scheduler.pausedUntil)), model \(rel(pausedUntil))")
+            pausedUntil == scheduler.pausedUntil(.cancel),
+            "paused until \(rel(scheduler.pausedUntil(.cancel))), model \(rel(pausedUntil))")
 
         // Every unfinished job, as the scheduler has it.
         for job in jobs.values {
@@ -749,8 +752,8 @@ private struct ModelHarness {
                     "job \(job.id) attempts/failures \(actual.attempts)/\(actual.failures), model \(job.attempts)/\(job.failures)")
                 try check(actual.reauthorized == job.reauthorized, "job \(job.id) reauthorized \(actual.reauthorized)")
                 try check(
-                    actual.client == job.client && actual.machineActionID == job.machineActionID,
-                    "job \(job.id) is \(actual.client) \(actual.machineActionID), model \(job.client) \(job.machineActionID)")
+                    actual.client == job.client && actual.target == job.machineActionID,
+                    "job \(job.id) is \(actual.client) \(actual.target), model \(job.client) \(job.machineActionID)")
                 let stateAgrees: Bool
                 switch (job.state, actual.state) {
                 case (.queued, .queued), (.sending, .sending): stateAgrees = true

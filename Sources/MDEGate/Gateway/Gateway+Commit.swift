@@ -121,7 +121,7 @@ extension Gateway {
             scheduleRetry()
             // Dispatch pauses a second: sending on would spend the quota on attempts that cannot
             // be recorded (also when the attempt's job goes with its refused request below).
-            if !batch.attempts.isEmpty { scheduler.pause(until: now() + Scheduler.notSentPause) }
+            if !batch.attempts.isEmpty { scheduler.pauseAll(until: now() + Scheduler.notSentPause) }
             // Admissions first: a job admitted and dispatched in this batch goes with its request.
             for case .admission(let id, _, let promise) in batch.followUps {
                 _ = scheduler.retract(id)

@@ -45,13 +45,13 @@ extension Gateway {
         logger.debug(
             "attempt starts",
             metadata: [
-                "request": "\(dispatch.job)", "machineAction": "\(dispatch.machineActionID)",
+                "request": "\(dispatch.job)", "api": "\(dispatch.api)", "target": "\(dispatch.target)",
                 "attempt": "\(dispatch.attempt)",
             ])
         pending.append(.attempt(time))
         pending.followUp(
             .attempt(
-                dispatch, token: token, call: .cancel(machineActionID: dispatch.machineActionID, comment: comment),
+                dispatch, token: token, call: .cancel(machineActionID: dispatch.target, comment: comment),
                 dispatchedAt: time))
     }
 
@@ -59,7 +59,7 @@ extension Gateway {
     /// took that long): the ledger counts it from its departure, and the store learns of it in
     /// a later commit.
     func departed(_ dispatch: Scheduler.Dispatch, dispatchedAt time: Timestamp, at departed: Timestamp) {
-        scheduler.attemptDeparted(dispatchedAt: time, at: departed)
+        scheduler.attemptDeparted(dispatch.api, dispatchedAt: time, at: departed)
         if departed > time { pending.append(.departure(recorded: time, departed: departed)) }
     }
 
@@ -117,7 +117,7 @@ extension Gateway {
             logger.info(
                 "cancel finished",
                 metadata: [
-                    "request": "\(dispatch.job)", "machineAction": "\(dispatch.machineActionID)",
+                    "request": "\(dispatch.job)", "api": "\(dispatch.api)", "target": "\(dispatch.target)",
                     "status": "\(answer.map { String($0.status) } ?? "no answer")", "attempts": "\(attempts)",
                     "requests": "\(finishedMembers.count)",
                 ].merging(failure.map { ["error": "\($0)"] } ?? [:]) { $1 })

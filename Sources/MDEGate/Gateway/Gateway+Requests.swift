@@ -17,7 +17,7 @@ extension Gateway {
         let id = UUID().uuidString.lowercased()
         let clientID = ClientID(uid: client.uid, name: client.name)
         let joined: RequestID?
-        switch scheduler.submit(id, machineActionID: machineActionID, client: clientID) {
+        switch scheduler.submit(id, api: .cancel, target: machineActionID, client: clientID) {
         case .queueFull: return eventLoop.makeSucceededFuture(.queueFull)
         case .queued: joined = nil
         case .joined(let leader): joined = leader
@@ -136,7 +136,7 @@ extension Gateway {
     /// 100,000 queued (the systemd heartbeat asks every 2 s).
     public func status() -> StatusDocument {
         let time = now()
-        let ledger = scheduler.ledger
+        let ledger = scheduler.ledger(.cancel)
         return StatusDocument(
             limits: settings.limits.map { limit in
                 StatusDocument.LimitState(
@@ -148,7 +148,7 @@ extension Gateway {
             queue: .init(
                 depth: scheduler.queuedRequests,
                 clients: scheduler.depthByClient().map { .init(client: $0.client.description, depth: $0.depth) }),
-            pausedUntil: scheduler.pausedUntil.flatMap { $0 > time ? JSON.timestamp($0) : nil },
+            pausedUntil: scheduler.pausedUntil(.cancel).flatMap { $0 > time ? JSON.timestamp($0) : nil },
             inFlight: scheduler.inFlight,
             upstream: .init(baseUrl: upstream.baseURL, lastStatus: lastUpstreamStatus, lastError: lastUpstreamError),
             auth: .init(mode: tokens.mode, tokenExpiresAt: tokens.tokenExpiresAt.map(JSON.timestamp), lastError: tokens.lastError))

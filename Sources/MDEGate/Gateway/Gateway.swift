@@ -126,11 +126,7 @@ public actor Gateway {
         now: @escaping @Sendable () -> Timestamp = Gateway.wallClock
     ) {
         self.settings = settings
-        self.scheduler = Scheduler(
-            ledger: Ledger(limits: settings.limits, guardBand: settings.guardBand),
-            retryPolicy: settings.retryPolicy,
-            maxConcurrency: settings.maxConcurrency,
-            maxPending: settings.maxPending)
+        self.scheduler = Self.scheduler(settings: settings, attempts: [])
         self.store = store
         self.upstream = upstream
         self.tokens = tokens
@@ -138,6 +134,16 @@ public actor Gateway {
         self.executor = eventLoop.executor
         self.logger = logger
         self.now = now
+    }
+
+    /// A scheduler with one lane for each API the gateway routes, each with a `Ledger` of the
+    /// configured limits holding `attempts`.
+    static func scheduler(settings: Settings, attempts: [Timestamp]) -> Scheduler {
+        Scheduler(
+            ledgers: [.cancel: Ledger(limits: settings.limits, guardBand: settings.guardBand, attempts: attempts)],
+            retryPolicy: settings.retryPolicy,
+            maxConcurrency: settings.maxConcurrency,
+            maxPending: settings.maxPending)
     }
 
     /// The wall clock: the ledger must stay valid across restarts, which a monotonic clock is not.
@@ -150,12 +156,8 @@ public actor Gateway {
     /// Reloads what the store kept (ledger, pause, unfinished requests) and starts dispatching.
     public func start() async throws {
         let state = try await store.load()
-        scheduler = Scheduler(
-            ledger: Ledger(limits: settings.limits, guardBand: settings.guardBand, attempts: state.attempts),
-            retryPolicy: settings.retryPolicy,
-            maxConcurrency: settings.maxConcurrency,
-            maxPending: settings.maxPending,
-            pausedUntil: state.pausedUntil)
+        scheduler = Self.scheduler(settings: settings, attempts: state.attempts)
+        if let pausedUntil = state.pausedUntil { scheduler.pause(.cancel, until: pausedUntil) }
         restore(state.records)
         watch(tokens)
         requestPump()
@@ -178,7 +180,7 @@ public actor Gateway {
     public func reconfigure(settings: Settings, upstream: any Upstream, tokens: any TokenSource) async throws {
         var earlier: [Timestamp] = []
         let horizon = Ledger.horizon(limits: settings.limits, guardBand: settings.guardBand)
-        if horizon > scheduler.ledger.horizon {
+        if horizon > scheduler.ledger(.cancel).horizon {
             earlier = try await store.attempts(since: now() - horizon)
         }
         self.settings = settings
@@ -186,8 +188,8 @@ public actor Gateway {
         if tokens !== self.tokens { watch(tokens) }
         self.tokens = tokens
         scheduler.reconfigure(
-            limits: settings.limits, guardBand: settings.guardBand, retryPolicy: settings.retryPolicy,
-            maxConcurrency: settings.maxConcurrency, maxPending: settings.maxPending, earlierAttempts: earlier)
+            limits: [.cancel: settings.limits], guardBand: settings.guardBand, retryPolicy: settings.retryPolicy,
+            maxConcurrency: settings.maxConcurrency, maxPending: settings.maxPending, earlierAttempts: [.cancel: earlier])
         logger.notice(
             "configuration reloaded",
             metadata: ["limits": "\(settings.limits.map(\.spec).joined(separator: " + "))", "upstream": "\(upstream.baseURL)"])
