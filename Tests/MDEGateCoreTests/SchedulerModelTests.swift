@@ -4,16 +4,19 @@ import Testing
 
 /// A stateful property test of `Scheduler`: random sequences of submissions, withdrawals, clock
 /// advances, finished attempts (every outcome), reloads and crash recoveries are applied to a
-/// scheduler and to a small reference model kept here, and the two are compared after every step.
+/// scheduler with two or three upstream APIs and to a small reference model kept here, and the two
+/// are compared after every step.
 ///
-/// The model knows jobs, their members, attempts, failures and states, the pause, what is in
-/// flight and every dispatch instant; it does not know the queues' order beyond "a client's
-/// never-sent jobs go in the order they were queued" (round-robin and put-backs are left to
-/// `SchedulerTests`).
+/// The model knows jobs (with their API), their members, attempts, failures and states, each
+/// API's limits, pause and every dispatch instant, and what is in flight over all APIs; from
+/// those it works out on its own when each API may next start an attempt. It does not know the
+/// queues' order beyond "in one API, a client's never-sent jobs go in the order they were queued"
+/// (round-robin, put-backs and the lanes' turns are left to `SchedulerTests` and
+/// `SchedulerLaneTests`).
 @Suite("Scheduler against a reference model, one random step at a time")
 struct SchedulerModelTests {
     @Test(
-        "whatever the sequence of submissions, withdrawals, answers, reloads and restarts, the quota, the concurrency cap, the pause and the books hold, and every wake-up is exact"
+        "whatever the sequence of submissions to several APIs, withdrawals, answers, reloads and restarts, each API's quota and pause, the concurrency cap and the books hold, and every wake-up is exact"
     )
     func randomSequences() async {
         var coverage = ModelCoverage()
@@ -46,6 +49,13 @@ struct SchedulerModelTests {
         #expect(coverage.limitRefused > 0 && coverage.pauseRefused > 0 && coverage.concurrencyRefused > 0)
         #expect(coverage.restoredInFlight > 0 && coverage.restoredBackingOff > 0)
         #expect(coverage.reconfigured > 0 && coverage.lengthened > 0)
+        // Several APIs.
+        #expect(coverage.threeAPIs > 0 && coverage.threeAPIs < coverage.runs, "runs with two and with three APIs")
+        #expect(coverage.dispatchWhileOtherPaused > 0, "an API dispatches while another one's work waits out its pause")
+        #expect(coverage.dispatchWhileOtherFull > 0, "an API dispatches while another one's work waits for its full ledger")
+        #expect(coverage.concurrentAcrossAPIs > 0, "attempts of two APIs in flight at once")
+        #expect(coverage.sameTargetOtherAPI > 0, "the same target on another API is a new job")
+        #expect(coverage.reloadLeftOut > 0, "a reload that changes one API's limits and leaves another out")
     }
 
     /// The ledger forgets every attempt older than the longest window (plus guard) in force. A
@@ -112,10 +122,13 @@ private struct Dice {
 }
 
 private let modelClients = [ClientID(uid: 1000, name: "soar"), ClientID(uid: 1000, name: "edr"), ClientID(uid: 1001)]
+/// The APIs a run draws its two or three from.
+private let modelAPIs = [UpstreamAPI("cancel"), UpstreamAPI("isolate"), UpstreamAPI("get_machine_action")]
 private let modelEpoch = Timestamp(secondsSinceEpoch: 1_700_000_000)
 
-/// Machine action number `n` of the pool, spelled in lowercase, uppercase or mixed case.
-private func modelMachineAction(_ n: Int, spelling: Int) -> String {
+/// Target number `n` of the pool (one pool for every API, so the same target comes up on several),
+/// spelled in lowercase, uppercase or mixed case.
+private func modelTarget(_ n: Int, spelling: Int) -> String {
     let id = "5f2e9c1a-b7d3-4e8f-a0c6-0000000" + String(0xabcde + n, radix: 16)
     switch spelling {
     case 0: return id
@@ -130,20 +143,64 @@ private func rel(_ time: Timestamp?) -> String { time.map(rel) ?? "nil" }
 
 // MARK: - Settings
 
-private struct ModelSettings: CustomStringConvertible {
+/// One API's quota: its limits and guard band.
+private struct APIQuota: CustomStringConvertible {
     var limits: [Limit]
     var guardBand: Duration
+
+    static func random(_ dice: inout Dice) -> APIQuota {
+        APIQuota(limits: randomLimits(&dice), guardBand: .milliseconds(dice.int(0...50)))
+    }
+
+    static func randomLimits(_ dice: inout Dice) -> [Limit] {
+        var limits: [Limit] = []
+        for _ in 0..<dice.int(1...3) {
+            limits.append(Limit(calls: dice.int(1...6), window: .milliseconds(dice.int(20...3000))))
+        }
+        return limits
+    }
+
+    /// Limits after a reload: tighter (fewer calls, longer windows) or looser, or new altogether,
+    /// or one more limit.
+    func reloadedLimits(_ dice: inout Dice) -> [Limit] {
+        switch dice.int(0...4) {
+        case 0:
+            return Self.randomLimits(&dice)
+        case 1:
+            return limits.map { Limit(calls: max(1, $0.calls - dice.int(1...2)), window: $0.window) }
+        case 2:
+            return limits.map { Limit(calls: $0.calls, window: $0.window * dice.int(2...3)) }
+        case 3:
+            return limits.map {
+                Limit(calls: $0.calls + dice.int(1...2), window: .nanoseconds(max(20_000_000, $0.window.nanoseconds / 2)))
+            }
+        default:
+            return limits + [Limit(calls: dice.int(1...4), window: .milliseconds(dice.int(20...5000)))]
+        }
+    }
+
+    /// How far back the rule looks.
+    var horizon: Duration { Ledger.horizon(limits: limits, guardBand: guardBand) }
+
+    var description: String { "\(limits.map(\.spec).joined(separator: " + ")) guard \(guardBand.configString)" }
+}
+
+private struct ModelSettings: CustomStringConvertible {
+    /// The APIs of the run, in the order they were drawn: the first one gets more submissions.
+    let apis: [UpstreamAPI]
+    var quota: [UpstreamAPI: APIQuota]
     var retryPolicy: RetryPolicy
     var maxConcurrency: Int
     var maxPending: Int
 
     static func random(_ dice: inout Dice) -> ModelSettings {
-        var limits: [Limit] = []
-        for _ in 0..<dice.int(1...3) {
-            limits.append(Limit(calls: dice.int(1...6), window: .milliseconds(dice.int(20...3000))))
-        }
+        var pool = modelAPIs
+        var apis: [UpstreamAPI] = []
+        for _ in 0..<dice.int(2...3) { apis.append(pool.remove(at: dice.int(0...pool.count - 1))) }
+        var quota: [UpstreamAPI: APIQuota] = [:]
+        for api in apis { quota[api] = .random(&dice) }
         return ModelSettings(
-            limits: limits, guardBand: .milliseconds(dice.int(0...50)), retryPolicy: randomPolicy(&dice),
+            apis: apis, quota: quota, retryPolicy: randomPolicy(&dice),
             maxConcurrency: dice.int(1...4), maxPending: dice.int(2...30))
     }
 
@@ -153,34 +210,27 @@ private struct ModelSettings: CustomStringConvertible {
             maxBackoff: .milliseconds(dice.int(500...4000)))
     }
 
-    /// Settings after a reload: tighter (fewer calls, longer windows) or looser, or new altogether.
-    func reloaded(_ dice: inout Dice) -> ModelSettings {
+    /// Settings after a reload: each API's limits change, or it is left out of the reload and
+    /// keeps its own. The one guard band of a reload applies to the APIs it names.
+    func reloaded(_ dice: inout Dice) -> (settings: ModelSettings, limits: [UpstreamAPI: [Limit]], guardBand: Duration) {
         var next = self
-        switch dice.int(0...4) {
-        case 0:
-            next = .random(&dice)
-        case 1:
-            next.limits = limits.map { Limit(calls: max(1, $0.calls - dice.int(1...2)), window: $0.window) }
-        case 2:
-            next.limits = limits.map { Limit(calls: $0.calls, window: $0.window * dice.int(2...3)) }
-        case 3:
-            next.limits = limits.map {
-                Limit(calls: $0.calls + dice.int(1...2), window: .nanoseconds(max(20_000_000, $0.window.nanoseconds / 2)))
-            }
-        default:
-            next.limits.append(Limit(calls: dice.int(1...4), window: .milliseconds(dice.int(20...5000))))
-            next.guardBand = .milliseconds(dice.int(0...80))
-        }
+        var limits: [UpstreamAPI: [Limit]] = [:]
+        for api in apis where dice.percent(65) { limits[api] = quota[api]!.reloadedLimits(&dice) }
+        let named = apis.filter { limits[$0] != nil }
+        let guardBand: Duration =
+            dice.percent(30) || named.isEmpty
+            ? .milliseconds(dice.int(0...80)) : quota[named[dice.int(0...named.count - 1)]]!.guardBand
+        for api in named { next.quota[api] = APIQuota(limits: limits[api]!, guardBand: guardBand) }
         if dice.percent(30) { next.maxConcurrency = dice.int(1...4) }
         if dice.percent(30) { next.maxPending = dice.int(2...30) }
         if dice.percent(30) { next.retryPolicy = Self.randomPolicy(&dice) }
-        return next
+        return (next, limits, guardBand)
     }
 
     var description: String {
         let retry = "\(retryPolicy.maxAttempts)x \(retryPolicy.initialBackoff.configString)..\(retryPolicy.maxBackoff.configString)"
-        return "limits \(limits.map(\.spec).joined(separator: " + ")), guard \(guardBand.configString), "
-            + "retries \(retry), concurrency \(maxConcurrency), pending \(maxPending)"
+        let quotas = apis.map { "\($0) \(quota[$0]!)" }.joined(separator: "; ")
+        return "\(quotas); retries \(retry), concurrency \(maxConcurrency), pending \(maxPending)"
     }
 }
 
@@ -197,6 +247,10 @@ private struct ModelCoverage {
     var limitRefused = 0, pauseRefused = 0, concurrencyRefused = 0
     var restoredInFlight = 0, restoredBackingOff = 0, reconfigured = 0
     var lengthened = 0
+    // Several APIs.
+    var threeAPIs = 0
+    var dispatchWhileOtherPaused = 0, dispatchWhileOtherFull = 0, concurrentAcrossAPIs = 0
+    var sameTargetOtherAPI = 0, reloadLeftOut = 0
 
     mutating func merge(_ other: ModelCoverage) {
         runs += other.runs; steps += other.steps; dispatches += other.dispatches
@@ -213,6 +267,12 @@ private struct ModelCoverage {
         restoredInFlight += other.restoredInFlight; restoredBackingOff += other.restoredBackingOff
         reconfigured += other.reconfigured
         lengthened += other.lengthened
+        threeAPIs += other.threeAPIs
+        dispatchWhileOtherPaused += other.dispatchWhileOtherPaused
+        dispatchWhileOtherFull += other.dispatchWhileOtherFull
+        concurrentAcrossAPIs += other.concurrentAcrossAPIs
+        sameTargetOtherAPI += other.sameTargetOtherAPI
+        reloadLeftOut += other.reloadLeftOut
     }
 }
 
@@ -221,7 +281,8 @@ private struct ModelCoverage {
 /// What the model knows of a job.
 private struct ModelJob {
     let id: RequestID
-    let machineActionID: String
+    let api: UpstreamAPI
+    let target: String
     let client: ClientID
     var members: [RequestID]
     var state: Scheduler.Job.State = .queued
@@ -232,6 +293,22 @@ private struct ModelJob {
     var left = false
 }
 
+/// What makes two requests one job: the same API and target, in any letter case.
+private struct ModelKey: Hashable {
+    let api: UpstreamAPI
+    let target: String
+    init(_ api: UpstreamAPI, _ target: String) {
+        self.api = api
+        self.target = target.lowercased()
+    }
+}
+
+/// A client's queue in one API.
+private struct ModelQueue: Hashable {
+    let api: UpstreamAPI
+    let client: ClientID
+}
+
 private struct ModelDiverged: Error {}
 
 /// A scheduler, the reference model beside it, a virtual clock, and the checks.
@@ -239,28 +316,30 @@ private struct ModelHarness {
     var scheduler: Scheduler
     var settings: ModelSettings
     var now = modelEpoch
-    /// How many machine action ids this run draws from: few, so that requests coalesce.
+    /// How many targets this run draws from: few, so that requests coalesce.
     let pool: Int
+    var apis: [UpstreamAPI] { settings.apis }
 
     // The model.
     var jobs: [RequestID: ModelJob] = [:]
     /// The job of each pending request (its own or the one it joined).
     var jobOfRequest: [RequestID: RequestID] = [:]
-    /// The unfinished job of each machine action id, lowercased.
-    var jobOfKey: [String: RequestID] = [:]
+    /// The unfinished job of each API and target.
+    var jobOfKey: [ModelKey: RequestID] = [:]
     /// Every request id used, in order, rejected ones included; ids are never reused.
     var submitted: [RequestID] = []
     var arrival: [RequestID: Int] = [:]
     var admitted = 0
     var finished: Set<RequestID> = []
     var withdrawn: Set<RequestID> = []
-    /// Jobs being sent, in dispatch order.
+    /// Jobs being sent, over all APIs, in dispatch order.
     var inFlight: [RequestID] = []
-    var pausedUntil: Timestamp?
-    /// The instant of every attempt ever dispatched (the clock never goes back, so in order).
-    var dispatchTimes: [Timestamp] = []
-    /// Each client's never-sent jobs, in the order they were queued.
-    var fresh: [ClientID: [RequestID]] = [:]
+    /// Each API's pause: nothing of that API starts before it.
+    var pausedUntil: [UpstreamAPI: Timestamp] = [:]
+    /// The instant of every attempt ever dispatched, per API (the clock never goes back, so in order).
+    var dispatchTimes: [UpstreamAPI: [Timestamp]] = [:]
+    /// Each client's never-sent jobs in each API, in the order they were queued.
+    var fresh: [ModelQueue: [RequestID]] = [:]
 
     var trace: [String] = []
     var coverage = ModelCoverage()
@@ -269,12 +348,18 @@ private struct ModelHarness {
         var dice = Dice(seed)
         settings = .random(&dice)
         pool = dice.int(2...8)
+        var ledgers: [UpstreamAPI: any QuotaLedger] = [:]
+        for api in settings.apis {
+            let quota = settings.quota[api]!
+            ledgers[api] = Ledger(limits: quota.limits, guardBand: quota.guardBand)
+            dispatchTimes[api] = []
+        }
         scheduler = Scheduler(
-            ledgers: [.cancel: Ledger(limits: settings.limits, guardBand: settings.guardBand)],
-            retryPolicy: settings.retryPolicy, maxConcurrency: settings.maxConcurrency,
+            ledgers: ledgers, retryPolicy: settings.retryPolicy, maxConcurrency: settings.maxConcurrency,
             maxPending: settings.maxPending)
         coverage.runs = 1
-        trace.append("start: \(settings), \(pool) machine actions")
+        if settings.apis.count == 3 { coverage.threeAPIs = 1 }
+        trace.append("start: \(settings), \(pool) targets")
     }
 
     /// Records a failure, with the settings and the last steps, and stops the run.
@@ -291,6 +376,84 @@ private struct ModelHarness {
     }
 
     mutating func log(_ line: String) { trace.append("[\(rel(now))] \(line)") }
+
+    // MARK: The model's own view of each API
+
+    /// `api` is paused now.
+    func paused(_ api: UpstreamAPI) -> Bool {
+        pausedUntil[api].map { now < $0 } ?? false
+    }
+
+    /// `api` has a job waiting to be sent now: queued, or done backing off.
+    func waiting(_ api: UpstreamAPI) -> Bool {
+        jobs.values.contains { job in
+            guard job.api == api else { return false }
+            switch job.state {
+            case .queued: return true
+            case .backingOff(let until): return until <= now
+            case .sending: return false
+            }
+        }
+    }
+
+    /// How many of `api`'s attempts count against `limit` at `time`: those in `(time - W - guard, time]`.
+    func used(_ api: UpstreamAPI, _ limit: Limit, at time: Timestamp) -> Int {
+        used(dispatchTimes[api]!, span: limit.window + settings.quota[api]!.guardBand, at: time)
+    }
+
+    func used(_ times: [Timestamp], span: Duration, at time: Timestamp) -> Int {
+        var inside = 0
+        var index = times.count - 1
+        while index >= 0, times[index] > time - span {
+            if times[index] <= time { inside += 1 }
+            index -= 1
+        }
+        return inside
+    }
+
+    /// The quota rule for `api`, from its dispatches: every limit in force has room at `time`.
+    func allows(_ api: UpstreamAPI, at time: Timestamp) -> Bool {
+        let quota = settings.quota[api]!
+        let times = dispatchTimes[api]!
+        return quota.limits.allSatisfy { used(times, span: $0.window + quota.guardBand, at: time) < $0.calls }
+    }
+
+    /// The first instant at or after `time` the rule allows an attempt of `api`, by search: it is
+    /// `time` itself or the instant an attempt leaves some limit's window.
+    func earliestSlot(_ api: UpstreamAPI, notBefore time: Timestamp) -> Timestamp {
+        if allows(api, at: time) { return time }
+        let quota = settings.quota[api]!
+        var candidates: [Timestamp] = []
+        for dispatched in dispatchTimes[api]!.reversed() {
+            guard dispatched > time - quota.horizon else { break }
+            for limit in quota.limits where dispatched + limit.window + quota.guardBand > time {
+                candidates.append(dispatched + limit.window + quota.guardBand)
+            }
+        }
+        return candidates.sorted().first { allows(api, at: $0) }!
+    }
+
+    /// When the scheduler may next start something: the soonest over the APIs of the first instant
+    /// each has a job ready, is past its pause and has room; nil at the concurrency cap.
+    func expectedWakeup() -> Timestamp? {
+        guard inFlight.count < settings.maxConcurrency else { return nil }
+        var readyAt: [UpstreamAPI: Timestamp] = [:]
+        for job in jobs.values {
+            switch job.state {
+            case .queued: readyAt[job.api] = now
+            case .backingOff(let until): readyAt[job.api] = min(readyAt[job.api] ?? until, until)
+            case .sending: break
+            }
+        }
+        var soonest: Timestamp?
+        for api in apis {
+            guard let readyAt = readyAt[api] else { continue }
+            var wakeup = earliestSlot(api, notBefore: max(now, readyAt))
+            if let pause = pausedUntil[api] { wakeup = max(wakeup, pause) }
+            soonest = min(soonest ?? wakeup, wakeup)
+        }
+        return soonest
+    }
 
     // MARK: Steps
 
@@ -312,11 +475,13 @@ private struct ModelHarness {
 
     mutating func submit(_ dice: inout Dice) throws {
         let client = modelClients[dice.int(0...2)]
-        let machineActionID = modelMachineAction(dice.int(0...pool - 1), spelling: dice.int(0...2))
+        // The first API of the run gets more work, so that it fills its ledger while others go on.
+        let api = dice.percent(40) ? apis[0] : apis[dice.int(0...apis.count - 1)]
+        let target = modelTarget(dice.int(0...pool - 1), spelling: dice.int(0...2))
         let id = "r\(submitted.count)"
         arrival[id] = submitted.count
         submitted.append(id)
-        let key = machineActionID.lowercased()
+        let key = ModelKey(api, target)
 
         let expected: Scheduler.Admission
         if jobOfRequest.count >= settings.maxPending {
@@ -326,39 +491,45 @@ private struct ModelHarness {
         } else {
             expected = .queued
         }
-        let admission = scheduler.submit(id, api: .cancel, target: machineActionID, client: client)
-        log("submit \(id) \(client) \(machineActionID) → \(admission)")
-        try check(admission == expected, "submit \(id): the scheduler answered \(admission), the model \(expected)")
+        let admission = scheduler.submit(id, api: api, target: target, client: client)
+        log("submit \(id) \(client) \(api) \(target) → \(admission)")
+        try check(admission == expected, "submit \(id) to \(api): the scheduler answered \(admission), the model \(expected)")
 
         switch expected {
         case .queueFull:
             coverage.queueFull += 1
             return
         case .joined(let leader):
+            try check(jobs[leader]!.api == api, "\(id) for \(api) joined \(leader), a job of \(jobs[leader]!.api)")
             jobs[leader]!.members.append(id)
             jobOfRequest[id] = leader
-            if jobs[leader]!.machineActionID != machineActionID { coverage.joinedOtherSpelling += 1 }
+            if jobs[leader]!.target != target { coverage.joinedOtherSpelling += 1 }
             if jobs[leader]!.state == .sending { coverage.joinedWhileSending += 1 }
         case .queued:
-            jobs[id] = ModelJob(id: id, machineActionID: machineActionID, client: client, members: [id])
+            if apis.contains(where: { $0 != api && jobOfKey[ModelKey($0, target)] != nil }) {
+                coverage.sameTargetOtherAPI += 1
+            }
+            jobs[id] = ModelJob(id: id, api: api, target: target, client: client, members: [id])
             jobOfRequest[id] = id
             jobOfKey[key] = id
-            fresh[client, default: []].append(id)
+            fresh[ModelQueue(api: api, client: client), default: []].append(id)
         }
         admitted += 1
 
-        // Its place in line, if queued, is a real place no earlier than now or the pause.
+        // Its place in its API's line, if queued, is a real place no earlier than now or that
+        // API's pause.
         let job = scheduler.job(of: id)
         let position = scheduler.position(of: id, at: now)
         if job?.state == .queued {
-            let queued = scheduler.depthByClient().reduce(0) { $0 + $1.depth }
+            let queued = scheduler.queuedJobs(api)
             try check(position != nil, "\(id) is queued but has no position")
             try check(
                 position!.position >= 1 && position!.position <= queued,
-                "\(id) is at position \(position!.position) of \(queued) queued jobs")
+                "\(id) is at position \(position!.position) of \(queued) queued jobs of \(api)")
+            let pause = pausedUntil[api] ?? now
             try check(
-                position!.estimatedDispatchAt >= max(now, pausedUntil ?? now),
-                "\(id) is estimated to go at \(rel(position!.estimatedDispatchAt)), before now or the pause")
+                position!.estimatedDispatchAt >= max(now, pause),
+                "\(id) is estimated to go at \(rel(position!.estimatedDispatchAt)), before now or \(api)'s pause")
         } else {
             try check(position == nil, "\(id) is not queued (\(String(describing: job?.state))) yet has a position")
         }
@@ -392,8 +563,8 @@ private struct ModelHarness {
             if cancelled {
                 coverage.withdrawnCancelled += 1
                 let job = jobs.removeValue(forKey: jobID)!
-                jobOfKey[job.machineActionID.lowercased()] = nil
-                fresh[job.client]?.removeAll { $0 == jobID }
+                jobOfKey[ModelKey(job.api, job.target)] = nil
+                fresh[ModelQueue(api: job.api, client: job.client)]?.removeAll { $0 == jobID }
             } else {
                 coverage.withdrawnKept += 1
             }
@@ -441,43 +612,51 @@ private struct ModelHarness {
             guard let dispatch else { break }
             try accept(dispatch)
         }
-        // Why it stopped, for coverage.
-        if let pausedUntil, now < pausedUntil {
-            coverage.pauseRefused += 1
-        } else if inFlight.count >= settings.maxConcurrency {
+        // Why it stopped: the cap, or else every API with work waits for its pause or its ledger.
+        // A full or paused API holds back no other one.
+        if inFlight.count >= settings.maxConcurrency {
             coverage.concurrencyRefused += 1
-        } else if scheduler.ledger(.cancel).earliestSlot(notBefore: now) > now, !scheduler.depthByClient().isEmpty {
-            coverage.limitRefused += 1
+        } else {
+            for api in apis where waiting(api) {
+                try check(
+                    paused(api) || !allows(api, at: now),
+                    "\(api) has work, is not paused and has room, yet nothing was dispatched (\(inFlight.count) in flight)")
+            }
         }
+        if apis.contains(where: { paused($0) }) { coverage.pauseRefused += 1 }
+        if apis.contains(where: { waiting($0) && !paused($0) && !allows($0, at: now) }) { coverage.limitRefused += 1 }
         // After a full drain, nothing is due now: a wake-up at `now` would spin.
         let wakeup = scheduler.nextWakeup(after: now)
         try check(wakeup == nil || wakeup! > now, "after draining, the wake-up is \(rel(wakeup)), not after now")
     }
 
     mutating func accept(_ dispatch: Scheduler.Dispatch) throws {
-        log("dispatch \(dispatch.job) attempt \(dispatch.attempt) members \(dispatch.members)")
+        log("dispatch \(dispatch.api) \(dispatch.job) attempt \(dispatch.attempt) members \(dispatch.members)")
         coverage.dispatches += 1
+        let api = dispatch.api
+        try check(apis.contains(api), "\(dispatch.job) dispatched to \(api), which is no API of this run")
         try check(
-            pausedUntil == nil || now >= pausedUntil!,
-            "\(dispatch.job) dispatched while paused until \(rel(pausedUntil))")
+            !paused(api),
+            "\(dispatch.job) dispatched to \(api) while it is paused until \(rel(pausedUntil[api]))")
         try check(
             inFlight.count < settings.maxConcurrency,
-            "\(dispatch.job) dispatched with \(inFlight.count) in flight, max \(settings.maxConcurrency)")
-        // The quota rule, for every limit in force now, over every attempt ever made: fewer than
-        // N in (now - W - guard, now] before this one.
-        for limit in settings.limits {
-            let span = limit.window + settings.guardBand
-            var inside = 0
-            var index = dispatchTimes.count - 1
-            while index >= 0, dispatchTimes[index] > now - span {
-                inside += 1
-                index -= 1
-            }
+            "\(dispatch.job) dispatched with \(inFlight.count) in flight over all APIs, max \(settings.maxConcurrency)")
+        // The quota rule, for every limit of this API in force now, over every attempt of this API
+        // ever made: fewer than N in (now - W - guard, now] before this one.
+        let quota = settings.quota[api]!
+        for limit in quota.limits {
+            let inside = used(api, limit, at: now)
             try check(
                 inside < limit.calls,
-                "\(dispatch.job) dispatched with \(inside) attempts already in the last \(span.configString) (limit \(limit), guard \(settings.guardBand.configString))"
+                "\(dispatch.job) dispatched to \(api) with \(inside) attempts already in the last \((limit.window + quota.guardBand).configString) (limit \(limit), guard \(quota.guardBand.configString))"
             )
         }
+        // What the other APIs are doing meanwhile.
+        for other in apis where other != api && waiting(other) {
+            if paused(other) { coverage.dispatchWhileOtherPaused += 1 }
+            else if !allows(other, at: now) { coverage.dispatchWhileOtherFull += 1 }
+        }
+        if inFlight.contains(where: { jobs[$0]?.api != api }) { coverage.concurrentAcrossAPIs += 1 }
 
         try check(jobs[dispatch.job] != nil, "dispatched \(dispatch.job), which is no unfinished job")
         var job = jobs[dispatch.job]!
@@ -488,27 +667,27 @@ private struct ModelHarness {
         case .sending:
             try check(false, "\(job.id) dispatched while already being sent")
         }
+        try check(api == job.api, "\(job.id) of \(job.api) dispatched to \(api)")
         try check(dispatch.members == job.members, "dispatch members \(dispatch.members), model \(job.members)")
         try check(
             dispatch.members.allSatisfy { !withdrawn.contains($0) && !finished.contains($0) },
             "dispatch members \(dispatch.members) include a withdrawn or finished request")
         try check(dispatch.attempt == job.attempts + 1, "attempt \(dispatch.attempt), model \(job.attempts + 1)")
-        try check(
-            dispatch.target == job.machineActionID,
-            "sent as \(dispatch.target), first spelled \(job.machineActionID)")
+        try check(dispatch.target == job.target, "sent as \(dispatch.target), first spelled \(job.target)")
         if job.attempts == 0 {
-            let next = fresh[job.client]?.first
+            let queue = ModelQueue(api: api, client: job.client)
+            let next = fresh[queue]?.first
             try check(
                 next == job.id,
-                "\(job.id) is \(job.client)'s first attempt out of turn: \(String(describing: next)) was queued before it")
-            fresh[job.client]!.removeFirst()
+                "\(job.id) is \(job.client)'s first attempt of \(api) out of turn: \(String(describing: next)) was queued before it")
+            fresh[queue]!.removeFirst()
         }
 
         job.state = .sending
         job.attempts += 1
         jobs[job.id] = job
         inFlight.append(job.id)
-        dispatchTimes.append(now)
+        dispatchTimes[api]!.append(now)
         try check(scheduler.inFlight == inFlight.count, "inFlight \(scheduler.inFlight), model \(inFlight.count)")
     }
 
@@ -547,17 +726,19 @@ private struct ModelHarness {
         if outcome != .notSent { job.left = true }
         switch outcome {
         case .answered(status: 429, let retryAfter):
+            // The API that answered 429 pauses; no other one does.
             let until = now + (retryAfter ?? .seconds(60))
-            pausedUntil = max(pausedUntil ?? until, until)
+            pausedUntil[job.api] = max(pausedUntil[job.api] ?? until, until)
             job.state = .queued
-            expected = .throttled(until: pausedUntil!)
+            expected = .throttled(until: pausedUntil[job.api]!)
             coverage.throttled += 1
             if retryAfter == nil { coverage.throttledDefault += 1 }
         case .notSent:
+            // The store failed: every API pauses.
             let until = now + .seconds(1)
-            pausedUntil = max(pausedUntil ?? until, until)
+            for api in apis { pausedUntil[api] = max(pausedUntil[api] ?? until, until) }
             job.state = .queued
-            expected = .notSent(until: pausedUntil!)
+            expected = .notSent(until: pausedUntil[job.api]!)
             coverage.notSent += 1
         case .answered(status: 401, _) where !job.reauthorized:
             job.reauthorized = true
@@ -583,8 +764,10 @@ private struct ModelHarness {
         }
 
         let resolution = scheduler.finish(jobID, outcome: outcome, at: now, jitter: jitter)
-        log("finish \(jobID) \(outcome) → \(resolution)")
-        try check(resolution == expected, "finish \(jobID) \(outcome): the scheduler decided \(resolution), the model \(expected)")
+        log("finish \(job.api) \(jobID) \(outcome) → \(resolution)")
+        try check(
+            resolution == expected,
+            "finish \(jobID) of \(job.api) \(outcome): the scheduler decided \(resolution), the model \(expected)")
 
         if finishes {
             coverage.finished += 1
@@ -596,7 +779,7 @@ private struct ModelHarness {
                 jobOfRequest[member] = nil
             }
             jobs[jobID] = nil
-            jobOfKey[job.machineActionID.lowercased()] = nil
+            jobOfKey[ModelKey(job.api, job.target)] = nil
             for member in job.members {
                 try check(scheduler.job(of: member) == nil, "finished \(member) still has a job")
             }
@@ -606,26 +789,35 @@ private struct ModelHarness {
     }
 
     mutating func reconfigure(_ dice: inout Dice) throws {
-        try checkLedger()
-        let horizon = scheduler.ledger(.cancel).horizon
-        settings = settings.reloaded(&dice)
-        // As the gateway does: a longer horizon reads the earlier attempts back from the store,
-        // which keeps every one (here: every dispatch ever made).
-        let lengthens = Ledger.horizon(limits: settings.limits, guardBand: settings.guardBand) > horizon
-        if lengthens { coverage.lengthened += 1 }
+        try checkLedgers()
+        let (next, limits, guardBand) = settings.reloaded(&dice)
+        // As the gateway does: a longer horizon reads the API's earlier attempts back from the
+        // store, which keeps every one (here: every dispatch of that API ever made).
+        var earlier: [UpstreamAPI: [Timestamp]] = [:]
+        for api in apis where limits[api] != nil {
+            if next.quota[api]!.horizon > scheduler.ledger(api).horizon {
+                coverage.lengthened += 1
+                earlier[api] = dispatchTimes[api]!
+            }
+        }
+        if dice.percent(30), let other = apis.first(where: { limits[$0] == nil }) {
+            // Earlier attempts of an API the reload leaves out change nothing.
+            earlier[other] = dispatchTimes[other]!
+        }
+        if limits.count < apis.count && !limits.isEmpty { coverage.reloadLeftOut += 1 }
+        settings = next
         scheduler.reconfigure(
-            limits: [.cancel: settings.limits], guardBand: settings.guardBand, retryPolicy: settings.retryPolicy,
-            maxConcurrency: settings.maxConcurrency, maxPending: settings.maxPending,
-            earlierAttempts: lengthens ? [.cancel: dispatchTimes] : [:])
+            limits: limits, guardBand: guardBand, retryPolicy: settings.retryPolicy,
+            maxConcurrency: settings.maxConcurrency, maxPending: settings.maxPending, earlierAttempts: earlier)
         coverage.reconfigured += 1
-        log("reconfigure: \(settings)")
+        log("reconfigure \(apis.filter { limits[$0] != nil }) guard \(guardBand.configString): \(settings)")
     }
 
-    /// The process dies and starts again: a new scheduler from the ledger's attempts, the pause,
-    /// and the unfinished jobs in their original order (that of their oldest member, as the store
-    /// returns them). Attempts in flight are lost; their jobs come back queued.
+    /// The process dies and starts again: a new scheduler from each API's ledger attempts and
+    /// pause, and the unfinished jobs in their original order (that of their oldest member, as the
+    /// store returns them). Attempts in flight are lost; their jobs come back queued.
     mutating func restore(_ dice: inout Dice) throws {
-        try checkLedger()
+        try checkLedgers()
         let order = jobs.values.sorted {
             $0.members.map { arrival[$0]! }.min()! < $1.members.map { arrival[$0]! }.min()!
         }
@@ -656,32 +848,44 @@ private struct ModelHarness {
             jobs[job.id] = job
             recovered.append(
                 Scheduler.Job(
-                    id: job.id, api: .cancel, target: job.machineActionID, client: job.client, members: job.members,
+                    id: job.id, api: job.api, target: job.target, client: job.client, members: job.members,
                     state: state, attempts: job.attempts, failures: job.failures))
         }
 
-        let ledger = Ledger(
-            limits: settings.limits, guardBand: settings.guardBand, attempts: Array(cancelLedger.attempts))
-        let pause = scheduler.pausedUntil(.cancel)
+        var ledgers: [UpstreamAPI: any QuotaLedger] = [:]
+        for api in apis {
+            let quota = settings.quota[api]!
+            ledgers[api] = Ledger(limits: quota.limits, guardBand: quota.guardBand, attempts: Array(ledger(api).attempts))
+        }
+        let pauses = apis.compactMap { api in scheduler.pausedUntil(api).map { (api, $0) } }
         let pauseLater = dice.percent(30)
+        // When every API is paused, sometimes the shortest pause is put back for all at once first.
+        let pauseAllFirst = pauses.count == apis.count && dice.percent(30)
+        let shortenAfter = dice.percent(20)
         scheduler = Scheduler(
-            ledgers: [.cancel: ledger], retryPolicy: settings.retryPolicy, maxConcurrency: settings.maxConcurrency,
+            ledgers: ledgers, retryPolicy: settings.retryPolicy, maxConcurrency: settings.maxConcurrency,
             maxPending: settings.maxPending)
-        if !pauseLater, let pause { scheduler.pause(.cancel, until: pause) }
+        func putBackPauses(_ scheduler: inout Scheduler) {
+            if pauseAllFirst { scheduler.pauseAll(until: pauses.map(\.1).min()!) }
+            for (api, until) in pauses { scheduler.pause(api, until: until) }
+            // A shorter pause given later changes nothing.
+            if shortenAfter { for (api, until) in pauses { scheduler.pause(api, until: until - .seconds(1)) } }
+        }
+        if !pauseLater { putBackPauses(&scheduler) }
         if dice.percent(50) {
             scheduler.restore(recovered)
         } else {
             for job in recovered { scheduler.restore(job) }
         }
-        if pauseLater, let pause { scheduler.pause(.cancel, until: pause) }
+        if pauseLater { putBackPauses(&scheduler) }
 
         inFlight = []
         fresh = [:]
-        for job in order where job.attempts == 0 { fresh[job.client, default: []].append(job.id) }
-        log("restore \(recovered.count) jobs: \(recovered.map(\.id))")
+        for job in order where job.attempts == 0 { fresh[ModelQueue(api: job.api, client: job.client), default: []].append(job.id) }
+        log("restore \(recovered.count) jobs: \(recovered.map(\.id)); pauses \(pauses.map { "\($0.0) \(rel($0.1))" })")
     }
 
-    /// Everything left is answered 200, and the queue must drain to nothing.
+    /// Everything left is answered 200, and the queues must drain to nothing.
     mutating func settle() throws {
         log("settle: everything is answered 200 from now on")
         var rounds = 0
@@ -700,6 +904,9 @@ private struct ModelHarness {
         }
         try check(scheduler.pendingRequests == 0, "nothing left, yet \(scheduler.pendingRequests) pending")
         try check(scheduler.depthByClient().isEmpty, "nothing left, yet queues: \(scheduler.depthByClient())")
+        for api in apis {
+            try check(scheduler.queuedJobs(api) == 0, "nothing left, yet \(scheduler.queuedJobs(api)) queued for \(api)")
+        }
         try check(scheduler.nextWakeup(after: now) == nil, "nothing left, yet a wake-up")
         for id in submitted {
             try check(scheduler.job(of: id) == nil, "\(id) still has a job after everything finished")
@@ -707,19 +914,33 @@ private struct ModelHarness {
         try check(
             admitted == finished.count + withdrawn.count,
             "\(admitted) admitted, \(finished.count) finished, \(withdrawn.count) withdrawn")
-        try checkLedger()
+        try checkLedgers()
     }
 
     // MARK: Invariants after every step
 
-    var cancelLedger: Ledger { scheduler.ledger(.cancel) as! Ledger }
+    func ledger(_ api: UpstreamAPI) -> Ledger { scheduler.ledger(api) as! Ledger }
 
-    /// The ledger holds the latest attempts dispatched, exactly.
-    func checkLedger() throws {
-        let kept = Array(cancelLedger.attempts)
-        try check(
-            kept == Array(dispatchTimes.suffix(kept.count)),
-            "the ledger holds \(kept.map(rel)), not the last \(kept.count) dispatches")
+    /// Each API's ledger has that API's limits (a reload that left it out kept them), holds
+    /// exactly that API's latest dispatches, and counts in each window what the model does.
+    func checkLedgers() throws {
+        for api in apis {
+            let ledger = ledger(api)
+            let quota = settings.quota[api]!
+            try check(
+                ledger.limits == quota.limits && ledger.guardBand == quota.guardBand,
+                "\(api)'s ledger has \(ledger.limits.map(\.spec)) guard \(ledger.guardBand.configString), model \(quota)")
+            let kept = ledger.attempts
+            let times = dispatchTimes[api]!
+            try check(
+                kept.elementsEqual(times.suffix(kept.count)),
+                "\(api)'s ledger holds \(kept.map(rel)), not its last \(kept.count) dispatches \(times.suffix(kept.count).map(rel))")
+            for limit in quota.limits {
+                let counted = ledger.used(limit, at: now)
+                let expected = used(times, span: limit.window + quota.guardBand, at: now)
+                try check(counted == expected, "\(api)'s ledger counts \(counted) against \(limit), model \(expected)")
+            }
+        }
     }
 
     func checkConsistency() throws {
@@ -731,9 +952,13 @@ private struct ModelHarness {
             jobOfRequest.count == admitted - finished.count - withdrawn.count,
             "model: \(jobOfRequest.count) pending, \(admitted) admitted - \(finished.count) finished - \(withdrawn.count) withdrawn")
         try check(scheduler.inFlight == inFlight.count, "inFlight \(scheduler.inFlight), model \(inFlight.count)")
-        try check(
-            pausedUntil == scheduler.pausedUntil(.cancel),
-            "paused until \(rel(scheduler.pausedUntil(.cancel))), model \(rel(pausedUntil))")
+        try check(scheduler.apis == apis.sorted(), "the scheduler has lanes \(scheduler.apis), model \(apis.sorted())")
+        for api in apis {
+            try check(
+                pausedUntil[api] == scheduler.pausedUntil(api),
+                "\(api) paused until \(rel(scheduler.pausedUntil(api))), model \(rel(pausedUntil[api]))")
+        }
+        try checkLedgers()
 
         // Every unfinished job, as the scheduler has it.
         for job in jobs.values {
@@ -752,8 +977,8 @@ private struct ModelHarness {
                     "job \(job.id) attempts/failures \(actual.attempts)/\(actual.failures), model \(job.attempts)/\(job.failures)")
                 try check(actual.reauthorized == job.reauthorized, "job \(job.id) reauthorized \(actual.reauthorized)")
                 try check(
-                    actual.client == job.client && actual.target == job.machineActionID,
-                    "job \(job.id) is \(actual.client) \(actual.target), model \(job.client) \(job.machineActionID)")
+                    actual.api == job.api && actual.client == job.client && actual.target == job.target,
+                    "job \(job.id) is \(actual.api) \(actual.client) \(actual.target), model \(job.api) \(job.client) \(job.target)")
                 let stateAgrees: Bool
                 switch (job.state, actual.state) {
                 case (.queued, .queued), (.sending, .sending): stateAgrees = true
@@ -766,13 +991,20 @@ private struct ModelHarness {
             }
         }
 
-        // Queue depths: only clients with queued jobs, each once.
+        // Queue depths: per client summed over the APIs, only clients with queued jobs, each once;
+        // and per API.
         var queued: [ClientID: Int] = [:]
         var due: [ClientID: Int] = [:]
+        var queuedOfAPI: [UpstreamAPI: Int] = [:]
+        var dueOfAPI: [UpstreamAPI: Int] = [:]
         for job in jobs.values {
             switch job.state {
-            case .queued: queued[job.client, default: 0] += 1
-            case .backingOff(let until) where until <= now: due[job.client, default: 0] += 1
+            case .queued:
+                queued[job.client, default: 0] += 1
+                queuedOfAPI[job.api, default: 0] += 1
+            case .backingOff(let until) where until <= now:
+                due[job.client, default: 0] += 1
+                dueOfAPI[job.api, default: 0] += 1
             default: break
             }
         }
@@ -786,10 +1018,19 @@ private struct ModelHarness {
         for (client, count) in queued where count > 0 {
             try check(depths.contains { $0.client == client }, "\(client) has \(count) queued jobs but no depth")
         }
+        for api in apis {
+            let depth = scheduler.queuedJobs(api)
+            let low = queuedOfAPI[api, default: 0]
+            let high = low + dueOfAPI[api, default: 0]
+            try check(low <= depth && depth <= high, "\(api) has \(depth) queued jobs, model \(low)...\(high)")
+        }
 
-        // No wake-up means nothing is waiting, unless the concurrency cap holds everything back.
+        // The wake-up is exactly the model's: the soonest over the APIs, each after its own pause
+        // and by its own ledger; none at the concurrency cap or with nothing waiting.
         let wakeup = scheduler.nextWakeup(after: now)
         try check(wakeup == nil || wakeup! >= now, "nextWakeup(after: now) is \(rel(wakeup)), before now")
+        let expected = expectedWakeup()
+        try check(wakeup == expected, "nextWakeup(after: now) is \(rel(wakeup)), model \(rel(expected))")
         if wakeup == nil, inFlight.count < settings.maxConcurrency {
             let waiting = jobs.values.filter { $0.state != .sending }.map(\.id)
             try check(waiting.isEmpty, "no wake-up, \(inFlight.count) in flight, yet \(waiting) wait")
