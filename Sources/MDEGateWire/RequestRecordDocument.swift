@@ -45,8 +45,18 @@ public struct RequestRecordDocument: Codable, Sendable, Equatable {
 
     /// The `Mdegate-Request-Id`.
     public var id: String
-    public var machineActionId: String
-    public var comment: String
+    /// The upstream API called (`cancel`, `isolate`, …).
+    public var api: String
+    /// The id in the path: a machine action id or a machine id; empty for the listing.
+    public var target: String
+    /// `target` again when it is a machine action id (cancel, get_machine_action), else null: the
+    /// field records had before there was more than cancel.
+    public var machineActionId: String?
+    /// The body's `Comment`; null on the GET routes.
+    public var comment: String?
+    /// The call's other parameters (`IsolationType`, `ScanType`, `Sha1`, or the listing's
+    /// `$filter`, `$top`, `$skip`), as sent.
+    public var options: [String: String]
     public var client: RequestClient
     public var state: RequestState
     /// 1-based place in the order of dispatch; present while queued.
@@ -63,13 +73,17 @@ public struct RequestRecordDocument: Codable, Sendable, Equatable {
     public var lastError: String?
 
     public init(
-        id: String, machineActionId: String, comment: String, client: RequestClient, state: RequestState,
+        id: String, api: String, target: String, machineActionId: String?, comment: String?,
+        options: [String: String], client: RequestClient, state: RequestState,
         position: Int?, estimatedDispatchAt: String?, attempts: Int, joined: String?, createdAt: String,
         completedAt: String?, response: Response?, lastError: String?
     ) {
         self.id = id
+        self.api = api
+        self.target = target
         self.machineActionId = machineActionId
         self.comment = comment
+        self.options = options
         self.client = client
         self.state = state
         self.position = position
@@ -83,7 +97,7 @@ public struct RequestRecordDocument: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case id, machineActionId, comment, client, state, position, estimatedDispatchAt, attempts
+        case id, api, target, machineActionId, comment, options, client, state, position, estimatedDispatchAt, attempts
         case joined, createdAt, completedAt, response, lastError
     }
 
@@ -93,8 +107,11 @@ public struct RequestRecordDocument: Codable, Sendable, Equatable {
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
         try container.encode(id, forKey: .id)
+        try container.encode(api, forKey: .api)
+        try container.encode(target, forKey: .target)
         try container.encode(machineActionId, forKey: .machineActionId)
         try container.encode(comment, forKey: .comment)
+        try container.encode(options, forKey: .options)
         try container.encode(client, forKey: .client)
         try container.encode(state, forKey: .state)
         if state == .queued, let position, let estimatedDispatchAt {

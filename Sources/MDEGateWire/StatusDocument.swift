@@ -35,6 +35,33 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         }
     }
 
+    /// One upstream API's quota and queue: each has its own ledger and its own 429 pause.
+    public struct APIState: Codable, Sendable, Equatable {
+        /// `cancel`, `isolate`, … (the names of configuration's `quota.apis`).
+        public var name: String
+        public var limits: [LimitState]
+        public var pausedUntil: String?
+        /// Upstream calls waiting (coalesced requests ride on one), backoffs not counted.
+        public var queued: Int
+
+        public init(name: String, limits: [LimitState], pausedUntil: String?, queued: Int) {
+            self.name = name
+            self.limits = limits
+            self.pausedUntil = pausedUntil
+            self.queued = queued
+        }
+
+        enum CodingKeys: String, CodingKey { case name, limits, pausedUntil, queued }
+
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(name, forKey: .name)
+            try container.encode(limits, forKey: .limits)
+            try container.encode(pausedUntil, forKey: .pausedUntil)
+            try container.encode(queued, forKey: .queued)
+        }
+    }
+
     public struct Upstream: Codable, Sendable, Equatable {
         public var baseUrl: String
         public var lastStatus: Int?
@@ -59,28 +86,33 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         }
     }
 
+    /// The `cancel` API's limits (as before there were several APIs; `apis` has every one).
     public var limits: [LimitState]
     public var guardMs: Int
     public var queue: Queue
+    /// The `cancel` API's pause.
     public var pausedUntil: String?
     public var inFlight: Int
+    /// Every upstream API, in the route table's order.
+    public var apis: [APIState]
     public var upstream: Upstream
     public var auth: Auth
 
     public init(
-        limits: [LimitState], guardMs: Int, queue: Queue, pausedUntil: String?, inFlight: Int, upstream: Upstream,
-        auth: Auth
+        limits: [LimitState], guardMs: Int, queue: Queue, pausedUntil: String?, inFlight: Int, apis: [APIState],
+        upstream: Upstream, auth: Auth
     ) {
         self.limits = limits
         self.guardMs = guardMs
         self.queue = queue
         self.pausedUntil = pausedUntil
         self.inFlight = inFlight
+        self.apis = apis
         self.upstream = upstream
         self.auth = auth
     }
 
-    enum CodingKeys: String, CodingKey { case limits, guardMs, queue, pausedUntil, inFlight, upstream, auth }
+    enum CodingKeys: String, CodingKey { case limits, guardMs, queue, pausedUntil, inFlight, apis, upstream, auth }
 
     /// Writes every key, nulls included, so clients can rely on the shape.
     public func encode(to encoder: any Encoder) throws {
@@ -90,6 +122,7 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         try container.encode(queue, forKey: .queue)
         try container.encode(pausedUntil, forKey: .pausedUntil)
         try container.encode(inFlight, forKey: .inFlight)
+        try container.encode(apis, forKey: .apis)
         try container.encode(upstream, forKey: .upstream)
         try container.encode(auth, forKey: .auth)
     }

@@ -106,7 +106,7 @@ struct GatewayTests {
         let store = ControlledStore()
         let upstream = ScriptedUpstream()
         // The only slot of the hour is taken: the request is admitted first, dispatched later.
-        try await store.apply([.attempt(Gateway.wallClock())])
+        try await store.apply([.attempt(.cancel, Gateway.wallClock())])
         let settings = Gateway.Settings.testing([Limit(calls: 1, window: .seconds(3600))])
         let gateway = scriptedGateway(settings, store: store, upstream: upstream)
         try await gateway.start()
@@ -137,7 +137,7 @@ struct GatewayTests {
     func noCutDuringReconciliation() async throws {
         let store = ControlledStore()
         let upstream = ScriptedUpstream()
-        try await store.apply([.attempt(Gateway.wallClock())])
+        try await store.apply([.attempt(.cancel, Gateway.wallClock())])
         let gateway = scriptedGateway(.testing([Limit(calls: 1, window: .seconds(3600))]), store: store, upstream: upstream)
         try await gateway.start()
         // A commit in progress, so that the next two admissions share the commit that will fail.
@@ -147,14 +147,14 @@ struct GatewayTests {
         // Two admissions in the commit that will fail. The first one's caller, once answered,
         // submits again at once, on the loop, as a pipelined request would.
         let third = gateway.eventLoop.makePromise(of: Gateway.Answer.self)
-        let first = try await gateway.submit(machineActionID: actionID(1), comment: "c", client: testClient, waiting: .untilStored)
+        let first = try await gateway.submit(.cancel(actionID(1), comment: "c"), client: testClient, waiting: .untilStored)
         first.whenComplete { _ in
             gateway.assumeIsolated { gateway in
                 third.completeWith(
-                    gateway.submit(machineActionID: actionID(3), comment: "c", client: testClient, waiting: .untilStored))
+                    gateway.submit(.cancel(actionID(3), comment: "c"), client: testClient, waiting: .untilStored))
             }
         }
-        let second = try await gateway.submit(machineActionID: actionID(2), comment: "c", client: testClient, waiting: .untilStored)
+        let second = try await gateway.submit(.cancel(actionID(2), comment: "c"), client: testClient, waiting: .untilStored)
         store.holdNextCommit()
         store.release(failing: false)
         let held = await store.heldCommit()
@@ -194,7 +194,7 @@ struct GatewayTests {
     func failedAttemptIsSentOnceLater() async throws {
         let store = ControlledStore()
         let upstream = ScriptedUpstream()
-        try await store.apply([.attempt(Gateway.wallClock())])
+        try await store.apply([.attempt(.cancel, Gateway.wallClock())])
         let gateway = scriptedGateway(.testing([Limit(calls: 1, window: .seconds(3600))]), store: store, upstream: upstream)
         try await gateway.start()
         guard let id = try await gateway.submitted(actionID(1)).id else {
@@ -229,7 +229,7 @@ struct GatewayTests {
     func storeFailuresAreMappedTo503() async throws {
         let store = ControlledStore()
         let upstream = ScriptedUpstream()
-        try await store.apply([.attempt(Gateway.wallClock())])
+        try await store.apply([.attempt(.cancel, Gateway.wallClock())])
         let gateway = scriptedGateway(.testing([Limit(calls: 1, window: .seconds(3600))]), store: store, upstream: upstream)
         try await gateway.start()
         let api = LocalAPI(gateway: gateway, logger: Logger(label: "test"))
@@ -266,7 +266,7 @@ struct GatewayTests {
         let store = ControlledStore()
         let upstream = ScriptedUpstream()
         let now = Gateway.wallClock()
-        try await store.apply([.attempt(now - .seconds(30)), .attempt(now - .seconds(20))])
+        try await store.apply([.attempt(.cancel, now - .seconds(30)), .attempt(.cancel, now - .seconds(20))])
         let gateway = scriptedGateway(.testing([Limit(calls: 1, window: .seconds(1))]), store: store, upstream: upstream)
         try await gateway.start()
         guard case .final = try await gateway.submitted(actionID(1), waiting: .untilFinal(timeout: nil)) else {
@@ -284,7 +284,7 @@ struct GatewayTests {
     func statusFromRunningCounts() async throws {
         let store = ControlledStore()
         let upstream = ScriptedUpstream()
-        try await store.apply([.attempt(Gateway.wallClock())])
+        try await store.apply([.attempt(.cancel, Gateway.wallClock())])
         let gateway = scriptedGateway(.testing([Limit(calls: 1, window: .seconds(3600))]), store: store, upstream: upstream)
         try await gateway.start()
         for number in 1...5 { _ = try await gateway.submitted(actionID(number)) }

@@ -29,7 +29,7 @@ struct RecoveryTests {
             -> RequestRecord
         {
             RequestRecord(
-                id: id, machineActionID: machineAction, comment: "c", client: client, state: state, attempts: attempts,
+                id: id, call: .cancel(machineAction, comment: "c"), client: client, state: state, attempts: attempts,
                 joined: joined, createdAt: now - .milliseconds(Int64(age * 1000)), completedAt: nil, response: nil,
                 lastError: nil)
         }
@@ -40,7 +40,7 @@ struct RecoveryTests {
             .record(record("r1", first, .sending, attempts: 1, age: 30)),
             .record(record("r2", second, .queued, age: 20)),
             .record(record("r3", first.uppercased(), .queued, joined: "r1", age: 10)),
-            .attempt(now - .seconds(30)),
+            .attempt(.cancel, now - .seconds(30)),
         ])
         // The simulator is not running: nothing may be sent, and the one-per-hour limit is spent.
         let transport = try CurlTransport(configuration: .init(connectTimeout: .milliseconds(200)))
@@ -61,7 +61,7 @@ struct RecoveryTests {
             Issue.record("an interrupted send already counts as sent, got \(withdrawal)")
             return
         }
-        let admission = try await gateway.submit(machineActionID: first, comment: "again", client: client, waiting: .untilStored).get()
+        let admission = try await gateway.submit(.cancel(first, comment: "again"), client: client, waiting: .untilStored).get()
         guard case .accepted(let joined) = admission else {
             Issue.record("expected the new request to be accepted")
             return
@@ -86,7 +86,7 @@ struct FailedWriteTests {
     func failedWritesAreWrittenLater() async throws {
         let store = ControlledStore()
         // The hourly call is spent, so nothing is sent while the test looks at the store.
-        try await store.apply([.attempt(Gateway.wallClock())])
+        try await store.apply([.attempt(.cancel, Gateway.wallClock())])
         let transport = try CurlTransport(configuration: .init(connectTimeout: .milliseconds(200)))
         defer { transport.shutdown() }
         let gateway = offlineGateway(store: store, transport: transport)

@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import Logging
 import MDEGateCore
 import Testing
@@ -36,32 +37,32 @@ struct SQLiteStoreTests {
         _ id: String, createdAt: Timestamp = now, state: RequestRecord.State = .queued, comment: String = "c"
     ) -> RequestRecord {
         RequestRecord(
-            id: id, machineActionID: "988cc94e-7a8f-4b28-ab65-\(id)", comment: comment,
+            id: id, call: .cancel("988cc94e-7a8f-4b28-ab65-\(id)", comment: comment),
             client: .init(uid: 1000, pid: 42, name: nil), state: state, attempts: 0, joined: nil,
             createdAt: createdAt, completedAt: nil, response: nil, lastError: nil)
     }
 
     /// Every field set, with extremes: a long comment with emoji, a body that is not UTF-8.
     static let full = RequestRecord(
-        id: "full", machineActionID: "988cc94e-7a8f-4b28-ab65-000000000001",
-        comment: String(repeating: "a🛡️é", count: 333) + "!",
+        id: "full",
+        call: .cancel("988cc94e-7a8f-4b28-ab65-000000000001", comment: String(repeating: "a🛡️é", count: 333) + "!"),
         client: .init(uid: UInt32.max, pid: Int32.max, name: "soar-playbook"), state: .done, attempts: 3,
         joined: "leader", createdAt: now - .seconds(60), completedAt: now,
         response: .init(status: 201, body: [0xFF, 0xFE, 0x00, 0x80, 0xC3, 0x28, 0x7B], contentType: "application/json"),
         lastError: "timed out after 30 s")
     /// Every optional field nil.
     static let bare = RequestRecord(
-        id: "bare", machineActionID: "m", comment: "", client: .init(uid: 0, pid: 1, name: nil), state: .queued,
+        id: "bare", call: .cancel("m", comment: ""), client: .init(uid: 0, pid: 1, name: nil), state: .queued,
         attempts: 0, joined: nil, createdAt: now - .seconds(30), completedAt: nil, response: nil, lastError: nil)
     /// A response without a body or content type.
     static let emptyBody = RequestRecord(
-        id: "empty", machineActionID: "m2", comment: "x", client: .init(uid: 7, pid: -1, name: ""), state: .failed,
+        id: "empty", call: .cancel("m2", comment: "x"), client: .init(uid: 7, pid: -1, name: ""), state: .failed,
         attempts: 1, joined: nil, createdAt: now - .seconds(10), completedAt: now - .seconds(5),
         response: .init(status: 204, body: [], contentType: nil), lastError: nil)
 
     @Test("every field of a record comes back as it was stored, nil ones and binary bodies included")
     func roundTrip() async throws {
-        #expect(Self.full.comment.count == 1000)
+        #expect(Self.full.call.comment?.count == 1000)
         let scratch = Scratch()
         let store = try scratch.open()
         try await store.apply([.record(Self.full), .record(Self.bare), .record(Self.emptyBody)])
@@ -75,16 +76,16 @@ struct SQLiteStoreTests {
         let attempts = [Self.now - .seconds(3600), Self.now - .seconds(2), Self.now - .seconds(1)]
         let pause = Self.now + .seconds(90)
         let store = try scratch.open()
-        try await store.apply([.record(Self.full), .record(Self.bare)] + attempts.map { .attempt($0) })
-        try await store.apply([.pause(until: pause), .record(Self.emptyBody)])
+        try await store.apply([.record(Self.full), .record(Self.bare)] + attempts.map { .attempt(.cancel, $0) })
+        try await store.apply([.pause(.cancel, until: pause), .record(Self.emptyBody)])
         let before = try await store.load()
         try await store.close()
 
         let reopened = try await scratch.open().load()
         #expect(reopened.records == [Self.full, Self.bare, Self.emptyBody])
         #expect(reopened.records == before.records)
-        #expect(reopened.attempts == attempts)
-        #expect(reopened.pausedUntil == pause)
+        #expect(reopened.attempts == [.cancel: attempts])
+        #expect(reopened.pauses[.cancel] == pause)
     }
 
     @Test("commits are durable across power loss: WAL with synchronous=FULL on the writer")
@@ -114,7 +115,7 @@ struct SQLiteStoreTests {
         let scratch = Scratch()
         let store = try scratch.open()
         try await store.apply([.record(Self.record("r", comment: "first")), .record(Self.record("r", comment: "second"))])
-        #expect(try await store.load().records.map(\.comment) == ["second"])
+        #expect(try await store.load().records.map(\.call.comment) == ["second"])
     }
 
     @Test("forget removes the record, for good")
@@ -133,14 +134,14 @@ struct SQLiteStoreTests {
         let scratch = Scratch()
         let until = Self.now + .seconds(30)
         var store = try scratch.open()
-        #expect(try await store.load().pausedUntil == nil)
-        try await store.apply([.pause(until: until)])
+        #expect(try await store.load().pauses[.cancel] == nil)
+        try await store.apply([.pause(.cancel, until: until)])
         try await store.close()
         store = try scratch.open()
-        #expect(try await store.load().pausedUntil == until)
-        try await store.apply([.pause(until: nil)])
+        #expect(try await store.load().pauses[.cancel] == until)
+        try await store.apply([.pause(.cancel, until: nil)])
         try await store.close()
-        #expect(try await scratch.open().load().pausedUntil == nil)
+        #expect(try await scratch.open().load().pauses[.cancel] == nil)
     }
 
     @Test("attempts a day older than the newest are deleted on write; load returns the last 25 hours")
@@ -148,14 +149,14 @@ struct SQLiteStoreTests {
         let scratch = Scratch()
         let t = Self.now
         let store = try scratch.open()
-        try await store.apply([.attempt(t - .seconds(30 * 3600)), .attempt(t - .seconds(26 * 3600))])
+        try await store.apply([.attempt(.cancel, t - .seconds(30 * 3600)), .attempt(.cancel, t - .seconds(26 * 3600))])
         // Nothing newer yet: both are kept, but load leaves out what is older than 25 h.
         #expect(try await store.load().attempts.isEmpty)
-        try await store.apply([.attempt(t - .seconds(3600))])
+        try await store.apply([.attempt(.cancel, t - .seconds(3600))])
         try await store.close()
         // A clock 30 h behind would load everything kept: only attempts within 24 h of the newest are.
         let behind = try scratch.open(now: { t - .seconds(30 * 3600) })
-        #expect(try await behind.load().attempts == [t - .seconds(3600)])
+        #expect(try await behind.load().attempts == [.cancel: [t - .seconds(3600)]])
     }
 
     @Test("a departure moves one attempt at the recorded time to the later departure, in both stores")
@@ -165,14 +166,14 @@ struct SQLiteStoreTests {
         let sqlite = try scratch.open()
         for store in [sqlite, InMemoryStore()] as [any GatewayStore] {
             // Two attempts share a time (one dispatch round); only one of them is moved.
-            try await store.apply([.attempt(t - .seconds(2)), .attempt(t), .attempt(t)])
-            try await store.apply([.departure(recorded: t, departed: t + .milliseconds(40))])
+            try await store.apply([.attempt(.cancel, t - .seconds(2)), .attempt(.cancel, t), .attempt(.cancel, t)])
+            try await store.apply([.departure(.cancel, recorded: t, departed: t + .milliseconds(40))])
             // A departure of a time that was never stored changes nothing.
-            try await store.apply([.departure(recorded: t - .seconds(9), departed: t + .seconds(1))])
-            #expect(try await store.load().attempts == [t - .seconds(2), t, t + .milliseconds(40)], "\(type(of: store))")
+            try await store.apply([.departure(.cancel, recorded: t - .seconds(9), departed: t + .seconds(1))])
+            #expect(try await store.load().attempts == [.cancel: [t - .seconds(2), t, t + .milliseconds(40)]], "\(type(of: store))")
         }
         try await sqlite.close()
-        #expect(try await scratch.open().load().attempts == [t - .seconds(2), t, t + .milliseconds(40)])
+        #expect(try await scratch.open().load().attempts == [.cancel: [t - .seconds(2), t, t + .milliseconds(40)]])
     }
 
     @Test("pruning deletes records finished before the horizon and keeps the rest and every attempt")
@@ -180,12 +181,12 @@ struct SQLiteStoreTests {
         let scratch = Scratch()
         let store = try scratch.open()
         // full completed at `now`, emptyBody 5 s earlier; bare is not finished.
-        try await store.apply([.record(Self.full), .record(Self.bare), .record(Self.emptyBody), .attempt(Self.now - .seconds(7))])
+        try await store.apply([.record(Self.full), .record(Self.bare), .record(Self.emptyBody), .attempt(.cancel, Self.now - .seconds(7))])
         let removed = try await store.pruneFinished(before: Self.now - .seconds(1))
         let state = try await store.load()
         #expect(removed == 1)
         #expect(state.records.map(\.id) == [Self.full.id, Self.bare.id])
-        #expect(state.attempts == [Self.now - .seconds(7)])
+        #expect(state.attempts == [.cancel: [Self.now - .seconds(7)]])
     }
 
     @Test("2,000 concurrent submissions all commit, in far fewer transactions, and survive reopening")
@@ -196,7 +197,7 @@ struct SQLiteStoreTests {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for index in 0..<count {
                 group.addTask {
-                    try await store.apply([.record(Self.record("r\(index)")), .attempt(Self.now + .nanoseconds(index))])
+                    try await store.apply([.record(Self.record("r\(index)")), .attempt(.cancel, Self.now + .nanoseconds(index))])
                 }
             }
             try await group.waitForAll()
@@ -208,7 +209,7 @@ struct SQLiteStoreTests {
 
         let state = try await scratch.open().load()
         #expect(Set(state.records.map(\.id)) == Set((0..<count).map { "r\($0)" }))
-        #expect(state.attempts.count == count)
+        #expect(state.attempts[.cancel]?.count == count)
     }
 
     @Test("a caller waits for a commit that started after it arrived, never an earlier one")
@@ -289,5 +290,33 @@ struct SQLiteStoreTests {
         let store = try scratch.open()
         try await store.close()
         await #expect(throws: StoreError.self) { try await store.apply([.record(Self.bare)]) }
+    }
+
+    @Test("a state file of the cancel-only schema (v1) opens with its queue, attempts and pause as cancel's")
+    func migratesFromV1() async throws {
+        let scratch = Scratch()
+        try FileManager.default.createDirectory(
+            atPath: (scratch.database as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        let t = Self.now
+        let queue = try DatabaseQueue(path: scratch.database)
+        try SQLiteStore.migrator.migrate(queue, upTo: "v1")
+        try await queue.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO requests (id, machine_action_id, comment, client_uid, client_pid, client_name, state,
+                        attempts, joined, created_at_ns)
+                    VALUES ('old', '988cc94e-7a8f-4b28-ab65-000000000001', 'from v1', 1000, 42, NULL, 'queued', 1, NULL, ?)
+                    """, arguments: [t.nanosecondsSinceEpoch])
+            try db.execute(sql: "INSERT INTO attempts (time_ns) VALUES (?)", arguments: [t.nanosecondsSinceEpoch])
+            try db.execute(sql: "UPDATE pause SET until_ns = ? WHERE id = 1", arguments: [(t + .seconds(60)).nanosecondsSinceEpoch])
+        }
+        try queue.close()
+
+        let store = try scratch.open()
+        let state = try await store.load()
+        #expect(state.records.map(\.call) == [.cancel("988cc94e-7a8f-4b28-ab65-000000000001", comment: "from v1")])
+        #expect(state.attempts == [.cancel: [t]])
+        #expect(state.pauses == [.cancel: t + .seconds(60)])
+        try await store.close()
     }
 }

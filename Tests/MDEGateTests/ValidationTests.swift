@@ -32,15 +32,15 @@ struct ValidationTests {
 
     @Test("the body must be a JSON object with a string Comment of at most 1,000 characters")
     func comments() throws {
-        #expect(try parseComment(Array(#"{"Comment":"isolated by mistake"}"#.utf8)).get() == "isolated by mistake")
-        #expect(try parseComment(Array(#"{"Comment":""}"#.utf8)).get() == "")
-        #expect(try parseComment(Array(("{\"Comment\":\"" + String(repeating: "é", count: 1000) + "\"}").utf8)).get().count == 1000)
+        #expect(try parseActionBody(Array(#"{"Comment":"isolated by mistake"}"#.utf8)).get().comment == "isolated by mistake")
+        #expect(try parseActionBody(Array(#"{"Comment":""}"#.utf8)).get().comment == "")
+        #expect(try parseActionBody(Array(("{\"Comment\":\"" + String(repeating: "é", count: 1000) + "\"}").utf8)).get().comment.count == 1000)
         let refused: [String] = [
             "", "not json", "[]", "\"Comment\"", #"{"comment":"lowercase"}"#, #"{"Comment":5}"#, #"{"Comment":null}"#,
             #"{"Comment":["a"]}"#, "{\"Comment\":\"" + String(repeating: "x", count: 1001) + "\"}",
         ]
         for body in refused {
-            #expect(throws: ValidationProblem.self, "\(body.prefix(40))") { try parseComment(Array(body.utf8)).get() }
+            #expect(throws: ValidationProblem.self, "\(body.prefix(40))") { try parseActionBody(Array(body.utf8)).get().comment }
         }
     }
 

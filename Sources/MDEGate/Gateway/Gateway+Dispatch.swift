@@ -41,18 +41,21 @@ extension Gateway {
             records[member]?.attempts = dispatch.attempt
             pending.write(member)
         }
-        let comment = dispatch.members.first.flatMap { records[$0]?.comment } ?? ""
+        // Every member asked for the same call (that is what coalescing means); the first one's
+        // comment is sent.
+        guard let call = dispatch.members.lazy.compactMap({ self.records[$0]?.call }).first,
+            let route = Route.named(call.api)
+        else {
+            preconditionFailure("job \(dispatch.job) was dispatched without a record to send")
+        }
         logger.debug(
             "attempt starts",
             metadata: [
-                "request": "\(dispatch.job)", "api": "\(dispatch.api)", "target": "\(dispatch.target)",
+                "request": "\(dispatch.job)", "api": "\(dispatch.api)", "target": "\(call.target)",
                 "attempt": "\(dispatch.attempt)",
             ])
-        pending.append(.attempt(time))
-        pending.followUp(
-            .attempt(
-                dispatch, token: token, call: .cancel(machineActionID: dispatch.target, comment: comment),
-                dispatchedAt: time))
+        pending.append(.attempt(dispatch.api, time))
+        pending.followUp(.attempt(dispatch, token: token, call: route.upstreamCall(for: call), dispatchedAt: time))
     }
 
     /// The attempt left at `departed`, a little after its slot was taken at `time` (storing it
@@ -60,7 +63,7 @@ extension Gateway {
     /// a later commit.
     func departed(_ dispatch: Scheduler.Dispatch, dispatchedAt time: Timestamp, at departed: Timestamp) {
         scheduler.attemptDeparted(dispatch.api, dispatchedAt: time, at: departed)
-        if departed > time { pending.append(.departure(recorded: time, departed: departed)) }
+        if departed > time { pending.append(.departure(dispatch.api, recorded: time, departed: departed)) }
     }
 
     /// The attempt's commit failed, so it was not sent: the job goes back to the head of its
@@ -141,10 +144,10 @@ extension Gateway {
             requeue(members, lastError: nil)
         case .throttled(let until):
             logger.warning(
-                "upstream answered 429: pausing all dispatch",
-                metadata: ["request": "\(dispatch.job)", "pausedUntil": "\(JSON.timestamp(until))"])
+                "upstream answered 429: pausing this API",
+                metadata: ["request": "\(dispatch.job)", "api": "\(dispatch.api)", "pausedUntil": "\(JSON.timestamp(until))"])
             // The pause must survive a restart: it is written as soon as the writer is free.
-            pending.append(.pause(until: until))
+            pending.append(.pause(dispatch.api, until: until))
             pending.urgent = true
             requeue(members, lastError: nil)
         }

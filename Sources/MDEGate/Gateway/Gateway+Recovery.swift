@@ -28,7 +28,8 @@ extension Gateway {
         scheduler.restore(
             groups.map { group in
                 Scheduler.Job(
-                    id: group.first.joined ?? group.first.id, api: .cancel, target: group.first.machineActionID,
+                    id: group.first.joined ?? group.first.id, api: group.first.call.api,
+                    target: group.first.call.coalescingKey ?? (group.first.joined ?? group.first.id),
                     client: group.first.clientID, members: group.members, attempts: group.attempts,
                     // Failures are not stored apart from throttled attempts: count every attempt as
                     // one, which can only shorten the retries left, never add upstream calls.

@@ -5,32 +5,33 @@ import NIOCore
 
 /// The request API: admission, waiting, reading and withdrawing, each in one turn of the loop.
 extension Gateway {
-    /// Admits a validated cancel and answers once it is stored (`.untilStored`) or final
+    /// Admits a validated call and answers once it is stored (`.untilStored`) or final
     /// (`.untilFinal`). The request is queued at once, so its place counts for fairness and
     /// coalescing, but it cannot leave before its admission is committed: dispatches are only
     /// decided when a batch is cut, and a batch is cut only after the one before it committed
     /// (see `Gateway+Commit.swift`). If the commit fails, the request is taken back and the
     /// caller hears `.storeUnavailable`.
     public func submit(
-        machineActionID: String, comment: String, client: RequestRecord.Client, waiting: Waiting
+        _ call: ActionCall, client: RequestRecord.Client, waiting: Waiting
     ) -> EventLoopFuture<Answer> {
         let id = UUID().uuidString.lowercased()
         let clientID = ClientID(uid: client.uid, name: client.name)
         let joined: RequestID?
-        switch scheduler.submit(id, api: .cancel, target: machineActionID, client: clientID) {
+        // A call that never coalesces is its own key.
+        switch scheduler.submit(id, api: call.api, target: call.coalescingKey ?? id, client: clientID) {
         case .queueFull: return eventLoop.makeSucceededFuture(.queueFull)
         case .queued: joined = nil
         case .joined(let leader): joined = leader
         }
         let job = scheduler.job(of: id)
         records[id] = RequestRecord(
-            id: id, machineActionID: machineActionID, comment: comment, client: client,
+            id: id, call: call, client: client,
             state: job?.state == .sending ? .sending : .queued, attempts: job?.attempts ?? 0,
             joined: joined, createdAt: now(), completedAt: nil, response: nil, lastError: nil)
         logger.debug(
             "request admitted",
             metadata: [
-                "request": "\(id)", "machineAction": "\(machineActionID)", "client": "\(clientID)",
+                "request": "\(id)", "api": "\(call.api)", "target": "\(call.target)", "client": "\(clientID)",
                 "joined": "\(joined ?? "-")",
             ])
         let promise = eventLoop.makePromise(of: Answer.self)
@@ -136,21 +137,32 @@ extension Gateway {
     /// 100,000 queued (the systemd heartbeat asks every 2 s).
     public func status() -> StatusDocument {
         let time = now()
-        let ledger = scheduler.ledger(.cancel)
+        let apis = Route.apis.map { api in
+            StatusDocument.APIState(
+                name: api.name, limits: limitStates(api, at: time),
+                pausedUntil: scheduler.pausedUntil(api).flatMap { $0 > time ? JSON.timestamp($0) : nil },
+                queued: scheduler.queuedJobs(api))
+        }
         return StatusDocument(
-            limits: settings.limits.map { limit in
-                StatusDocument.LimitState(
-                    spec: limit.spec, calls: limit.calls, windowSeconds: limit.window.seconds,
-                    used: ledger.used(limit, at: time),
-                    nextFreeAt: ledger.nextFree(limit, at: time).map(JSON.timestamp))
-            },
+            limits: apis[0].limits,
             guardMs: Int(settings.guardBand.nanoseconds / 1_000_000),
             queue: .init(
                 depth: scheduler.queuedRequests,
                 clients: scheduler.depthByClient().map { .init(client: $0.client.description, depth: $0.depth) }),
-            pausedUntil: scheduler.pausedUntil(.cancel).flatMap { $0 > time ? JSON.timestamp($0) : nil },
+            pausedUntil: apis[0].pausedUntil,
             inFlight: scheduler.inFlight,
+            apis: apis,
             upstream: .init(baseUrl: upstream.baseURL, lastStatus: lastUpstreamStatus, lastError: lastUpstreamError),
             auth: .init(mode: tokens.mode, tokenExpiresAt: tokens.tokenExpiresAt.map(JSON.timestamp), lastError: tokens.lastError))
+    }
+
+    private func limitStates(_ api: UpstreamAPI, at time: Timestamp) -> [StatusDocument.LimitState] {
+        let ledger = scheduler.ledger(api)
+        return ledger.limits.map { limit in
+            StatusDocument.LimitState(
+                spec: limit.spec, calls: limit.calls, windowSeconds: limit.window.seconds,
+                used: ledger.used(limit, at: time),
+                nextFreeAt: ledger.nextFree(limit, at: time).map(JSON.timestamp))
+        }
     }
 }

@@ -26,7 +26,10 @@ import NIOCore
 public actor Gateway {
     /// The settings a reload may change.
     public struct Settings: Sendable, Equatable {
+        /// Every API's limits, unless `apiLimits` names it.
         public var limits: [Limit]
+        /// Limits of single APIs that differ from `limits` (`quota.apis.<name>`).
+        public var apiLimits: [UpstreamAPI: [Limit]] = [:]
         public var guardBand: Duration
         public var retryPolicy: RetryPolicy
         public var maxConcurrency: Int
@@ -40,6 +43,16 @@ public actor Gateway {
             self.retryPolicy = retryPolicy
             self.maxConcurrency = maxConcurrency
             self.maxPending = maxPending
+        }
+
+        /// The limits in force for `api`.
+        public func limits(for api: UpstreamAPI) -> [Limit] {
+            apiLimits[api] ?? limits
+        }
+
+        /// Every routed API's limits.
+        var limitsByAPI: [UpstreamAPI: [Limit]] {
+            Dictionary(uniqueKeysWithValues: Route.apis.map { ($0, limits(for: $0)) })
         }
     }
 
@@ -126,7 +139,7 @@ public actor Gateway {
         now: @escaping @Sendable () -> Timestamp = Gateway.wallClock
     ) {
         self.settings = settings
-        self.scheduler = Self.scheduler(settings: settings, attempts: [])
+        self.scheduler = Self.scheduler(settings: settings, attempts: [:])
         self.store = store
         self.upstream = upstream
         self.tokens = tokens
@@ -136,11 +149,14 @@ public actor Gateway {
         self.now = now
     }
 
-    /// A scheduler with one lane for each API the gateway routes, each with a `Ledger` of the
-    /// configured limits holding `attempts`.
-    static func scheduler(settings: Settings, attempts: [Timestamp]) -> Scheduler {
+    /// A scheduler with one lane for each API the gateway routes, each with a `Ledger` of its
+    /// configured limits holding its `attempts`.
+    static func scheduler(settings: Settings, attempts: [UpstreamAPI: [Timestamp]]) -> Scheduler {
         Scheduler(
-            ledgers: [.cancel: Ledger(limits: settings.limits, guardBand: settings.guardBand, attempts: attempts)],
+            ledgers: Dictionary(
+                uniqueKeysWithValues: Route.apis.map { api in
+                    (api, Ledger(limits: settings.limits(for: api), guardBand: settings.guardBand, attempts: attempts[api] ?? []))
+                }),
             retryPolicy: settings.retryPolicy,
             maxConcurrency: settings.maxConcurrency,
             maxPending: settings.maxPending)
@@ -157,7 +173,7 @@ public actor Gateway {
     public func start() async throws {
         let state = try await store.load()
         scheduler = Self.scheduler(settings: settings, attempts: state.attempts)
-        if let pausedUntil = state.pausedUntil { scheduler.pause(.cancel, until: pausedUntil) }
+        for (api, until) in state.pauses where Route.named(api) != nil { scheduler.pause(api, until: until) }
         restore(state.records)
         watch(tokens)
         requestPump()
@@ -178,18 +194,19 @@ public actor Gateway {
     /// the ledger has already let go of back from the store, so the longer window counts them;
     /// if they cannot be read, the reload is refused (throws) and the running settings stay.
     public func reconfigure(settings: Settings, upstream: any Upstream, tokens: any TokenSource) async throws {
-        var earlier: [Timestamp] = []
-        let horizon = Ledger.horizon(limits: settings.limits, guardBand: settings.guardBand)
-        if horizon > scheduler.ledger(.cancel).horizon {
-            earlier = try await store.attempts(since: now() - horizon)
+        var earlier: [UpstreamAPI: [Timestamp]] = [:]
+        let horizons = Route.apis.map { Ledger.horizon(limits: settings.limits(for: $0), guardBand: settings.guardBand) }
+        let lengthens = zip(Route.apis, horizons).contains { api, horizon in horizon > scheduler.ledger(api).horizon }
+        if lengthens, let longest = horizons.max() {
+            earlier = try await store.attempts(since: now() - longest)
         }
         self.settings = settings
         self.upstream = upstream
         if tokens !== self.tokens { watch(tokens) }
         self.tokens = tokens
         scheduler.reconfigure(
-            limits: [.cancel: settings.limits], guardBand: settings.guardBand, retryPolicy: settings.retryPolicy,
-            maxConcurrency: settings.maxConcurrency, maxPending: settings.maxPending, earlierAttempts: [.cancel: earlier])
+            limits: settings.limitsByAPI, guardBand: settings.guardBand, retryPolicy: settings.retryPolicy,
+            maxConcurrency: settings.maxConcurrency, maxPending: settings.maxPending, earlierAttempts: earlier)
         logger.notice(
             "configuration reloaded",
             metadata: ["limits": "\(settings.limits.map(\.spec).joined(separator: " + "))", "upstream": "\(upstream.baseURL)"])

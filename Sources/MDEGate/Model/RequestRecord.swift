@@ -15,8 +15,8 @@ public struct RequestRecord: Sendable, Equatable {
     }
 
     public var id: RequestID
-    public var machineActionID: String
-    public var comment: String
+    /// What was asked: the API, its target and parameters.
+    public var call: ActionCall
     public var client: Client
     public var state: State
     public var attempts: Int
@@ -35,7 +35,9 @@ extension RequestRecordDocument {
     /// The record as clients see it, with its place in line worked out at the moment of asking.
     init(record: RequestRecord, position: Int?, estimatedDispatchAt: Timestamp?) {
         self.init(
-            id: record.id, machineActionId: record.machineActionID, comment: record.comment, client: record.client,
+            id: record.id, api: record.call.api.name, target: record.call.target,
+            machineActionId: Route.named(record.call.api)?.target == .machineAction ? record.call.target : nil,
+            comment: record.call.comment, options: record.call.options, client: record.client,
             state: record.state, position: position, estimatedDispatchAt: estimatedDispatchAt.map(JSON.timestamp),
             attempts: record.attempts, joined: record.joined, createdAt: JSON.timestamp(record.createdAt),
             completedAt: record.completedAt.map(JSON.timestamp),

@@ -76,19 +76,27 @@ public struct LocalAPI: Sendable {
 
     private func route(_ request: LocalRequest, _ gateway: isolated Gateway) -> EventLoopFuture<LocalResponse> {
         let loop = gateway.eventLoop
-        let path = request.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? request.uri
-        let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
-        switch (request.method, segments.count, segments.first) {
-        case (_, 4, "api") where segments[1] == "machineactions" && segments[3] == "cancel":
-            guard request.method == "POST" else { return loop.makeSucceededFuture(methodNotAllowed(allow: "POST")) }
-            return cancel(machineActionID: segments[2], request, gateway)
-        case (_, 3, "v1") where segments[1] == "requests" && !segments[2].isEmpty:
+        let parts = request.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        let path = String(parts[0])
+        let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+        if segments.first.map({ asciiCaseInsensitiveEqual(String($0), "api") }) == true {
+            switch Route.match(method: request.method, path: segments.dropFirst()) {
+            case .found(let route, let target):
+                return call(route, target: target, query: parts.count > 1 ? parts[1] : nil, request, gateway)
+            case .wrongMethod(let allow):
+                return loop.makeSucceededFuture(methodNotAllowed(allow: allow))
+            case nil: break
+            }
+        }
+        let names = segments.map(String.init)
+        switch (request.method, names.count, names.first) {
+        case (_, 3, "v1") where names[1] == "requests" && !names[2].isEmpty:
             switch request.method {
-            case "GET": return loop.makeSucceededFuture(show(segments[2], gateway))
-            case "DELETE": return withdraw(segments[2], gateway)
+            case "GET": return loop.makeSucceededFuture(show(names[2], gateway))
+            case "DELETE": return withdraw(names[2], gateway)
             default: return loop.makeSucceededFuture(methodNotAllowed(allow: "GET, DELETE"))
             }
-        case (_, 2, "v1") where segments[1] == "status":
+        case (_, 2, "v1") where names[1] == "status":
             guard request.method == "GET" else { return loop.makeSucceededFuture(methodNotAllowed(allow: "GET")) }
             return loop.makeSucceededFuture(.json(200, gateway.status()))
         case (_, 1, "healthz"):
@@ -101,22 +109,20 @@ public struct LocalAPI: Sendable {
 
     // MARK: Routes
 
-    private func cancel(machineActionID: String, _ request: LocalRequest, _ gateway: isolated Gateway) -> EventLoopFuture<LocalResponse> {
+    /// A call of the machine-action family: validated, then admitted; answered as the caller
+    /// prefers (synchronously, `Prefer: respond-async`, or `Prefer: wait=N`).
+    private func call(
+        _ route: Route, target: String, query: Substring?, _ request: LocalRequest, _ gateway: isolated Gateway
+    ) -> EventLoopFuture<LocalResponse> {
         let loop = gateway.eventLoop
         if request.bodyTooLarge {
             return loop.makeSucceededFuture(
                 reject(413, "InvalidRequestBody", "the body is larger than \(Self.maxBodyBytes / 1024) KiB"))
         }
-        guard isGUID(machineActionID) else {
-            return loop.makeSucceededFuture(
-                reject(
-                    400, "InvalidMachineActionId",
-                    "the machine action id must be a GUID such as 988cc94e-7a8f-4b28-ab65-54970c5d5018"))
-        }
-        let comment: String
-        switch parseComment(request.body) {
-        case .success(let value): comment = value
-        case .failure(let problem): return loop.makeSucceededFuture(reject(400, "InvalidRequestBody", problem.message))
+        let call: ActionCall
+        switch route.validate(target: target, body: request.body, query: query) {
+        case .success(let value): call = value
+        case .failure(let problem): return loop.makeSucceededFuture(reject(400, problem.code, problem.message))
         }
         let clientName: String?
         switch parseClientName(request.header("Mdegate-Client")) {
@@ -126,7 +132,7 @@ public struct LocalAPI: Sendable {
         let prefer = Preference(request.header("Prefer"))
         let client = RequestRecord.Client(uid: request.peer.uid, pid: request.peer.pid, name: clientName)
         let waiting: Gateway.Waiting = prefer.respondAsync ? .untilStored : .untilFinal(timeout: prefer.wait)
-        return gateway.submit(machineActionID: machineActionID, comment: comment, client: client, waiting: waiting)
+        return gateway.submit(call, client: client, waiting: waiting)
             .map { answer in self.response(to: answer) }
     }
 

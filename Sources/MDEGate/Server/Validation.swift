@@ -1,7 +1,9 @@
 import Foundation
 import MDEGateWire
 
+/// Why input was refused: the error code clients see (400 unless said otherwise) and what to do.
 struct ValidationProblem: Error {
+    var code = "InvalidRequestBody"
     var message: String
 }
 
@@ -21,7 +23,7 @@ func isGUID(_ text: String) -> Bool {
     return true
 }
 
-private func isHexDigit(_ byte: UInt8) -> Bool {
+func isHexDigit(_ byte: UInt8) -> Bool {
     switch byte {
     case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "f"), UInt8(ascii: "A")...UInt8(ascii: "F"): true
     default: false
@@ -29,34 +31,73 @@ private func isHexDigit(_ byte: UInt8) -> Bool {
 }
 
 /// The body must be a JSON object with a string `Comment` (case-sensitive, as upstream) of at
-/// most 1,000 characters. Decoded straight into a small struct (other members are ignored), and
+/// most 1,000 characters, plus the route's `parameters`, each a string from its allowed values
+/// (compared case-insensitively, kept in Microsoft's spelling) or, for `Sha1`, 40 hex digits.
+/// Decoded straight into a small struct (other members are ignored, and never forwarded), and
 /// the decoder's error says which rule the body broke.
-func parseComment(_ body: [UInt8]) -> Result<String, ValidationProblem> {
-    struct CancelBody: Decodable {
+func parseActionBody(
+    _ body: [UInt8], parameters: [Route.Parameter] = []
+) -> Result<(comment: String, options: [String: String]), ValidationProblem> {
+    struct ActionBody: Decodable {
         var comment: String
-        enum CodingKeys: String, CodingKey { case comment = "Comment" }
+        var isolationType: String?
+        var scanType: String?
+        var sha1: String?
+        enum CodingKeys: String, CodingKey {
+            case comment = "Comment", isolationType = "IsolationType", scanType = "ScanType", sha1 = "Sha1"
+        }
+
+        subscript(name: String) -> String? {
+            switch name {
+            case "IsolationType": isolationType
+            case "ScanType": scanType
+            case "Sha1": sha1
+            default: nil
+            }
+        }
     }
+    var example: String { #"{"Comment": "..."# + parameters.map { #"", ""# + $0.name + #"": "..."# }.joined() + #""}"# }
     guard !body.isEmpty else {
-        return .failure(ValidationProblem(message: #"the body is empty; send {"Comment": "..."}"#))
+        return .failure(ValidationProblem(message: "the body is empty; send \(example)"))
     }
-    let text: String
+    let decoded: ActionBody
     do {
-        text = try JSON.decoder.decode(CancelBody.self, from: Data(body)).comment
+        decoded = try JSON.decoder.decode(ActionBody.self, from: Data(body))
     } catch DecodingError.keyNotFound {
         return .failure(ValidationProblem(message: #"the body has no "Comment" (the name is case-sensitive)"#))
     } catch DecodingError.typeMismatch(_, let context) where context.codingPath.isEmpty {
-        return .failure(ValidationProblem(message: #"the body must be a JSON object such as {"Comment": "..."}"#))
-    } catch DecodingError.typeMismatch, DecodingError.valueNotFound {
-        return .failure(ValidationProblem(message: #""Comment" must be a string"#))
+        return .failure(ValidationProblem(message: "the body must be a JSON object such as \(example)"))
+    } catch DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context) {
+        let name = context.codingPath.first?.stringValue ?? "Comment"
+        return .failure(ValidationProblem(message: "\"\(name)\" must be a string"))
     } catch {
-        return .failure(ValidationProblem(message: #"the body is not valid JSON; send {"Comment": "..."}"#))
+        return .failure(ValidationProblem(message: "the body is not valid JSON; send \(example)"))
     }
-    guard text.count <= LocalAPI.maxCommentCharacters else {
+    guard decoded.comment.count <= LocalAPI.maxCommentCharacters else {
         return .failure(
             ValidationProblem(
-                message: "\"Comment\" has \(text.count) characters; at most \(LocalAPI.maxCommentCharacters) are allowed"))
+                message: "\"Comment\" has \(decoded.comment.count) characters; at most \(LocalAPI.maxCommentCharacters) are allowed"))
     }
-    return .success(text)
+    var options: [String: String] = [:]
+    for parameter in parameters {
+        let rule = parameter.allowed.map { "one of " + $0.joined(separator: ", ") } ?? "40 hex digits (a SHA-1)"
+        guard let value = decoded[parameter.name] else {
+            return .failure(
+                ValidationProblem(message: "the body has no \"\(parameter.name)\" (\(rule); the name is case-sensitive)"))
+        }
+        if let allowed = parameter.allowed {
+            guard let canonical = allowed.first(where: { asciiCaseInsensitiveEqual($0, value) }) else {
+                return .failure(ValidationProblem(message: "\"\(parameter.name)\" must be \(rule)"))
+            }
+            options[parameter.name] = canonical
+        } else {
+            guard isHex(value, count: 40) else {
+                return .failure(ValidationProblem(message: "\"\(parameter.name)\" must be \(rule)"))
+            }
+            options[parameter.name] = value
+        }
+    }
+    return .success((decoded.comment, options))
 }
 
 /// `Mdegate-Client`: a short printable name, so logs and status stay readable.

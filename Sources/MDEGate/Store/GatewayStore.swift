@@ -4,13 +4,13 @@ import MDEGateCore
 public enum StoreChange: Sendable {
     /// A request record, new or changed.
     case record(RequestRecord)
-    /// An upstream attempt started at this instant (wall clock). Stored before it is sent.
-    case attempt(Timestamp)
-    /// The attempt stored at `recorded` left later, at `departed` (storing it took that long):
-    /// the ledger counts it from its departure, so the slot it frees does not open early.
-    case departure(recorded: Timestamp, departed: Timestamp)
-    /// The pause after an upstream 429, or nil once it is over.
-    case pause(until: Timestamp?)
+    /// An attempt of `api` started at this instant (wall clock). Stored before it is sent.
+    case attempt(UpstreamAPI, Timestamp)
+    /// The attempt of `api` stored at `recorded` left later, at `departed` (storing it took that
+    /// long): the ledger counts it from its departure, so the slot it frees does not open early.
+    case departure(UpstreamAPI, recorded: Timestamp, departed: Timestamp)
+    /// The pause of `api` after an upstream 429, or nil once it is over.
+    case pause(UpstreamAPI, until: Timestamp?)
     /// A finished record past its retention.
     case forget(RequestID)
 }
@@ -19,13 +19,17 @@ public enum StoreChange: Sendable {
 public struct StoredState: Sendable {
     /// Oldest first (by `createdAt`, ties in the order first stored): the queue's order.
     public var records: [RequestRecord]
-    public var attempts: [Timestamp]
-    public var pausedUntil: Timestamp?
+    /// Each API's attempts, oldest first.
+    public var attempts: [UpstreamAPI: [Timestamp]]
+    /// Each paused API's pause.
+    public var pauses: [UpstreamAPI: Timestamp]
 
-    public init(records: [RequestRecord] = [], attempts: [Timestamp] = [], pausedUntil: Timestamp? = nil) {
+    public init(
+        records: [RequestRecord] = [], attempts: [UpstreamAPI: [Timestamp]] = [:], pauses: [UpstreamAPI: Timestamp] = [:]
+    ) {
         self.records = records
         self.attempts = attempts
-        self.pausedUntil = pausedUntil
+        self.pauses = pauses
     }
 }
 
@@ -40,9 +44,9 @@ public protocol GatewayStore: Sendable {
     /// `completion` exactly once, on any thread, when it committed or failed.
     func commit(_ changes: [StoreChange], completion: @escaping @Sendable (Result<Void, any Error>) -> Void)
     func load() async throws -> StoredState
-    /// The attempts stored at or after `since`, oldest first: what a reload that lengthens a
-    /// window must count again.
-    func attempts(since: Timestamp) async throws -> [Timestamp]
+    /// Each API's attempts stored at or after `since`, oldest first: what a reload that
+    /// lengthens a window must count again.
+    func attempts(since: Timestamp) async throws -> [UpstreamAPI: [Timestamp]]
 }
 
 extension GatewayStore {
@@ -59,8 +63,8 @@ public final class InMemoryStore: GatewayStore {
     private struct State {
         var records: [RequestID: RequestRecord] = [:]
         var order: [RequestID: Int] = [:]
-        var attempts: [Timestamp] = []
-        var pausedUntil: Timestamp?
+        var attempts: [UpstreamAPI: [Timestamp]] = [:]
+        var pauses: [UpstreamAPI: Timestamp] = [:]
     }
 
     private let state = LockedState(State())
@@ -74,22 +78,23 @@ public final class InMemoryStore: GatewayStore {
                 case .record(let record):
                     if state.order[record.id] == nil { state.order[record.id] = state.order.count }
                     state.records[record.id] = record
-                case .attempt(let time): Self.insert(time, into: &state.attempts)
-                case .departure(let recorded, let departed):
-                    if let index = state.attempts.firstIndex(of: recorded) {
-                        state.attempts.remove(at: index)
-                        Self.insert(departed, into: &state.attempts)
+                case .attempt(let api, let time): Self.insert(time, into: &state.attempts[api, default: []])
+                case .departure(let api, let recorded, let departed):
+                    if let index = state.attempts[api]?.firstIndex(of: recorded) {
+                        state.attempts[api]!.remove(at: index)
+                        Self.insert(departed, into: &state.attempts[api]!)
                     }
-                case .pause(let until): state.pausedUntil = until
+                case .pause(let api, let until): state.pauses[api] = until
                 case .forget(let id): state.records[id] = nil
                 }
             }
             // Attempts older than any window are of no use; keep the last day at most. They are in
             // time order, so only a prefix can be old.
-            if let newest = state.attempts.last {
+            for api in state.attempts.keys {
+                guard let newest = state.attempts[api]!.last else { continue }
                 let horizon = newest - .seconds(86_400)
-                let old = state.attempts.prefix { $0 < horizon }.count
-                state.attempts.removeFirst(old)
+                let old = state.attempts[api]!.prefix { $0 < horizon }.count
+                state.attempts[api]!.removeFirst(old)
             }
         }
         completion(.success(()))
@@ -100,8 +105,8 @@ public final class InMemoryStore: GatewayStore {
         attempts.insert(time, at: index)
     }
 
-    public func attempts(since: Timestamp) async throws -> [Timestamp] {
-        state.withLock { state in state.attempts.filter { $0 >= since } }
+    public func attempts(since: Timestamp) async throws -> [UpstreamAPI: [Timestamp]] {
+        state.withLock { state in state.attempts.mapValues { $0.filter { $0 >= since } } }
     }
 
     public func load() async throws -> StoredState {
@@ -110,7 +115,7 @@ public final class InMemoryStore: GatewayStore {
                 records: state.records.values.sorted {
                     ($0.createdAt, state.order[$0.id] ?? 0) < ($1.createdAt, state.order[$1.id] ?? 0)
                 },
-                attempts: state.attempts, pausedUntil: state.pausedUntil)
+                attempts: state.attempts, pauses: state.pauses)
         }
     }
 }

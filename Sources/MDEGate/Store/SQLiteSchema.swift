@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import MDEGateCore
+import MDEGateWire
 
 extension SQLiteStore {
     /// Schema versions, never edited once released: a new version is a new migration.
@@ -45,18 +46,38 @@ extension SQLiteStore {
                     INSERT INTO pause (id, until_ns) VALUES (1, NULL);
                     """)
         }
+        migrator.registerMigration("v2: one ledger and one pause per upstream API") { db in
+            // Every request so far was a cancel: its machine action id becomes the target, and
+            // every attempt and the pause were cancel's. `comment` stays NOT NULL: the GET routes
+            // store '' and their route says they have none. `options`: a JSON object of the other
+            // parameters, NULL when there are none (every cancel). Attempts keep their one index
+            // (time): a departure finds its row among the few at one instant without a second.
+            try db.execute(
+                sql: """
+                    ALTER TABLE requests RENAME COLUMN machine_action_id TO target;
+                    ALTER TABLE requests ADD COLUMN api TEXT NOT NULL DEFAULT 'cancel';
+                    ALTER TABLE requests ADD COLUMN options TEXT;
+
+                    ALTER TABLE attempts ADD COLUMN api TEXT NOT NULL DEFAULT 'cancel';
+
+                    CREATE TABLE pauses (api TEXT PRIMARY KEY, until_ns INTEGER NOT NULL) STRICT;
+                    INSERT INTO pauses (api, until_ns) SELECT 'cancel', until_ns FROM pause WHERE until_ns IS NOT NULL;
+                    DROP TABLE pause;
+                    """)
+        }
         return migrator
     }()
 
     private static let columns = """
-        id, machine_action_id, comment, client_uid, client_pid, client_name, state, attempts, joined, \
-        created_at_ns, completed_at_ns, response_status, response_body, response_content_type, last_error
+        id, target, comment, client_uid, client_pid, client_name, state, attempts, joined, \
+        created_at_ns, completed_at_ns, response_status, response_body, response_content_type, last_error, \
+        api, options
         """
 
     private static let upsertSQL = """
-        INSERT INTO requests (\(columns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        INSERT INTO requests (\(columns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         ON CONFLICT(id) DO UPDATE SET
-            machine_action_id = excluded.machine_action_id, comment = excluded.comment,
+            target = excluded.target, comment = excluded.comment, api = excluded.api, options = excluded.options,
             client_uid = excluded.client_uid, client_pid = excluded.client_pid,
             client_name = excluded.client_name, state = excluded.state, attempts = excluded.attempts,
             joined = excluded.joined, created_at_ns = excluded.created_at_ns,
@@ -72,18 +93,24 @@ extension SQLiteStore {
             switch change {
             case .record(let record):
                 try db.cachedStatement(sql: upsertSQL).execute(arguments: arguments(of: record))
-            case .attempt(let time):
+            case .attempt(let api, let time):
                 let ns = time.nanosecondsSinceEpoch
-                try db.cachedStatement(sql: "INSERT INTO attempts (time_ns) VALUES (?)").execute(arguments: [ns])
+                try db.cachedStatement(sql: "INSERT INTO attempts (api, time_ns) VALUES (?, ?)")
+                    .execute(arguments: [api.name, ns])
                 newestAttempt = max(newestAttempt ?? ns, ns)
-            case .departure(let recorded, let departed):
+            case .departure(let api, let recorded, let departed):
                 // Equal times are interchangeable: moving any one of them is the same ledger.
                 try db.cachedStatement(
-                    sql: "UPDATE attempts SET time_ns = ? WHERE rowid = (SELECT rowid FROM attempts WHERE time_ns = ? LIMIT 1)"
-                ).execute(arguments: [departed.nanosecondsSinceEpoch, recorded.nanosecondsSinceEpoch])
-            case .pause(let until):
-                try db.cachedStatement(sql: "UPDATE pause SET until_ns = ? WHERE id = 1")
-                    .execute(arguments: [until?.nanosecondsSinceEpoch])
+                    sql: """
+                        UPDATE attempts SET time_ns = ? WHERE rowid = \
+                        (SELECT rowid FROM attempts WHERE api = ? AND time_ns = ? LIMIT 1)
+                        """
+                ).execute(arguments: [departed.nanosecondsSinceEpoch, api.name, recorded.nanosecondsSinceEpoch])
+            case .pause(let api, let until?):
+                try db.cachedStatement(sql: "INSERT OR REPLACE INTO pauses (api, until_ns) VALUES (?, ?)")
+                    .execute(arguments: [api.name, until.nanosecondsSinceEpoch])
+            case .pause(let api, nil):
+                try db.cachedStatement(sql: "DELETE FROM pauses WHERE api = ?").execute(arguments: [api.name])
             case .forget(let id):
                 try db.cachedStatement(sql: "DELETE FROM requests WHERE id = ?").execute(arguments: [id])
             }
@@ -96,12 +123,13 @@ extension SQLiteStore {
 
     private static func arguments(of record: RequestRecord) -> StatementArguments {
         let values: [(any DatabaseValueConvertible)?] = [
-            record.id, record.machineActionID, record.comment,
+            record.id, record.call.target, record.call.comment ?? "",
             Int64(record.client.uid), Int64(record.client.pid), record.client.name,
             record.state.rawValue, record.attempts, record.joined,
             record.createdAt.nanosecondsSinceEpoch, record.completedAt?.nanosecondsSinceEpoch,
             record.response?.status, record.response.map { Data($0.body) }, record.response?.contentType,
-            record.lastError,
+            record.lastError, record.call.api.name,
+            record.call.options.isEmpty ? nil : String(decoding: JSON.encode(record.call.options), as: UTF8.self),
         ]
         return StatementArguments(values)
     }
@@ -112,13 +140,22 @@ extension SQLiteStore {
         while let row = try rows.next() {
             records.append(try record(from: row, path: path))
         }
-        let attempts = try Int64.fetchAll(
-            db, sql: "SELECT time_ns FROM attempts WHERE time_ns >= ? ORDER BY time_ns", arguments: [since])
-        let pausedUntil = try Int64?.fetchOne(db, sql: "SELECT until_ns FROM pause WHERE id = 1") ?? nil
-        return StoredState(
-            records: records,
-            attempts: attempts.map(Timestamp.init(nanosecondsSinceEpoch:)),
-            pausedUntil: pausedUntil.map(Timestamp.init(nanosecondsSinceEpoch:)))
+        var pauses: [UpstreamAPI: Timestamp] = [:]
+        for row in try Row.fetchAll(db, sql: "SELECT api, until_ns FROM pauses") {
+            pauses[UpstreamAPI(row[0])] = Timestamp(nanosecondsSinceEpoch: row[1])
+        }
+        return StoredState(records: records, attempts: try attempts(db, since: since), pauses: pauses)
+    }
+
+    /// Each API's attempts at or after `since`, oldest first.
+    static func attempts(_ db: Database, since: Int64) throws -> [UpstreamAPI: [Timestamp]] {
+        var attempts: [UpstreamAPI: [Timestamp]] = [:]
+        let rows = try Row.fetchCursor(
+            db, sql: "SELECT api, time_ns FROM attempts WHERE time_ns >= ? ORDER BY time_ns", arguments: [since])
+        while let row = try rows.next() {
+            attempts[UpstreamAPI(row[0]), default: []].append(Timestamp(nanosecondsSinceEpoch: row[1]))
+        }
+        return attempts
     }
 
     private static func record(from row: Row, path: String) throws -> RequestRecord {
@@ -143,8 +180,23 @@ extension SQLiteStore {
                 nil
             }
         let completedAt: Int64? = try row.decode(atIndex: 10)
+        let api = UpstreamAPI(try row.decode(String.self, atIndex: 15))
+        guard let route = Route.named(api) else {
+            throw StoreError(
+                path: path, "holds request \(id) for an unknown upstream API \"\(api)\"; was it written by a newer mdegate?")
+        }
+        var options: [String: String] = [:]
+        if let json: String = try row.decode(atIndex: 16) {
+            guard let decoded = try? JSON.decoder.decode([String: String].self, from: Data(json.utf8)) else {
+                throw StoreError(path: path, "holds request \(id) with unreadable options \(json.prefix(80))")
+            }
+            options = decoded
+        }
+        let comment: String = try row.decode(atIndex: 2)
+        let call = ActionCall(
+            api: api, target: try row.decode(atIndex: 1), comment: route.method == "POST" ? comment : nil, options: options)
         return RequestRecord(
-            id: id, machineActionID: try row.decode(atIndex: 1), comment: try row.decode(atIndex: 2),
+            id: id, call: call,
             client: RequestRecord.Client(uid: clientUID, pid: clientPID, name: try row.decode(atIndex: 5)),
             state: state, attempts: try row.decode(atIndex: 7), joined: try row.decode(atIndex: 8),
             createdAt: Timestamp(nanosecondsSinceEpoch: try row.decode(atIndex: 9)),

@@ -143,7 +143,7 @@ public final class SQLiteStore: GatewayStore {
     }
 
     /// Every record (oldest first, ties in the order they were first stored), the attempts of
-    /// the last 25 hours by the wall clock, and the pause.
+    /// the last 25 hours by the wall clock, and the pauses.
     public func load() async throws -> StoredState {
         let since = (now() - Self.attemptHorizon).nanosecondsSinceEpoch
         let path = self.path
@@ -156,12 +156,10 @@ public final class SQLiteStore: GatewayStore {
         }
     }
 
-    public func attempts(since: Timestamp) async throws -> [Timestamp] {
+    public func attempts(since: Timestamp) async throws -> [UpstreamAPI: [Timestamp]] {
         let since = since.nanosecondsSinceEpoch
         do {
-            return try await pool.read { db in
-                try Int64.fetchAll(db, sql: "SELECT time_ns FROM attempts WHERE time_ns >= ? ORDER BY time_ns", arguments: [since])
-            }.map(Timestamp.init(nanosecondsSinceEpoch:))
+            return try await pool.read { db in try Self.attempts(db, since: since) }
         } catch {
             throw StoreError(path: path, "could not be read: \(error)")
         }

@@ -119,7 +119,7 @@ final class ControlledStore: GatewayStore {
     }
 
     func load() async throws -> StoredState { try await inner.load() }
-    func attempts(since: Timestamp) async throws -> [Timestamp] { try await inner.attempts(since: since) }
+    func attempts(since: Timestamp) async throws -> [UpstreamAPI: [Timestamp]] { try await inner.attempts(since: since) }
 }
 
 /// A token source that always has the same token.
@@ -162,7 +162,7 @@ extension Gateway {
     func submitted(_ machineActionID: String, waiting: Waiting = .untilStored, client: RequestRecord.Client = testClient)
         async throws -> Answer
     {
-        try await submit(machineActionID: machineActionID, comment: "c", client: client, waiting: waiting).get()
+        try await submit(.cancel(machineActionID, comment: "c"), client: client, waiting: waiting).get()
     }
 }
 
