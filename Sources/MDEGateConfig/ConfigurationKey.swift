@@ -23,6 +23,17 @@ public enum ConfigurationKey: String, CaseIterable, Sendable {
     case authScope = "auth.scope"
     case quotaLimits = "quota.limits"
     case quotaGuard = "quota.guard"
+    // One per upstream API (the route table's names; a test checks they agree).
+    case quotaAPICancel = "quota.apis.cancel"
+    case quotaAPIGetMachineAction = "quota.apis.get_machine_action"
+    case quotaAPIListMachineActions = "quota.apis.list_machine_actions"
+    case quotaAPIIsolate = "quota.apis.isolate"
+    case quotaAPIUnisolate = "quota.apis.unisolate"
+    case quotaAPIRunAntivirusScan = "quota.apis.run_antivirus_scan"
+    case quotaAPICollectInvestigationPackage = "quota.apis.collect_investigation_package"
+    case quotaAPIRestrictCodeExecution = "quota.apis.restrict_code_execution"
+    case quotaAPIUnrestrictCodeExecution = "quota.apis.unrestrict_code_execution"
+    case quotaAPIStopAndQuarantineFile = "quota.apis.stop_and_quarantine_file"
     case retryMaxAttempts = "retry.max_attempts"
     case retryInitialBackoff = "retry.initial_backoff"
     case retryMaxBackoff = "retry.max_backoff"
@@ -32,14 +43,23 @@ public enum ConfigurationKey: String, CaseIterable, Sendable {
     /// The top-level YAML mapping the key lives in, e.g. `upstream`.
     public var section: String { String(rawValue.prefix { $0 != "." }) }
 
-    /// The key inside its section, e.g. `base_url`.
+    /// The key inside its section, e.g. `base_url` (`apis.isolate` for a per-API override).
     public var name: String { String(rawValue.drop { $0 != "." }.dropFirst()) }
+
+    /// `quota.apis.<name>`: limits of one upstream API that differ from `quota.limits`.
+    public var isAPIOverride: Bool { rawValue.hasPrefix("quota.apis.") }
+
+    /// The upstream API a `quota.apis.<name>` key overrides.
+    public var apiName: String? { isAPIOverride ? String(rawValue.dropFirst("quota.apis.".count)) : nil }
+
+    /// Every `quota.apis.<name>` key.
+    public static let apiOverrides: [ConfigurationKey] = allCases.filter(\.isAPIOverride)
 
     /// The environment variable that overrides this key: `MDEGATE_` + section + `_` + name,
     /// uppercased, e.g. `MDEGATE_UPSTREAM_BASE_URL`. It is the name swift-configuration's
     /// `EnvironmentVariablesProvider` derives from the key `mdegate.upstream.base_url`.
     public var environmentName: String {
-        "\(Self.environmentPrefix)\(section.uppercased())_\(name.uppercased())"
+        "\(Self.environmentPrefix)\(section.uppercased())_\(name.uppercased().replacingOccurrences(of: ".", with: "_"))"
     }
 
     static let environmentPrefix = "MDEGATE_"

@@ -247,22 +247,29 @@ struct SettingsReader {
     }
 
     private mutating func readQuota(into configuration: inout GatewayConfiguration) {
-        if let specs = list(.quotaLimits) {
-            var limits: [Limit] = []
-            for (index, spec) in specs.enumerated() {
-                if let limit = Limit(spec: spec) {
-                    limits.append(limit)
-                } else {
-                    fail(.quotaLimits, index: index, "\(quoted(spec)) is not a limit\(Self.limitReason(spec)); write N/duration such as \"100/1m\" (units ms, s, m, h)")
-                }
-            }
-            if specs.isEmpty {
-                fail(.quotaLimits, "is empty; at least one limit is needed, such as [\"100/1m\", \"1500/1h\"] (Microsoft's limits)")
-            } else if limits.count == specs.count {
-                configuration.quota.limits = limits
-            }
+        if let limits = limits(.quotaLimits) { configuration.quota.limits = limits }
+        for key in ConfigurationKey.apiOverrides {
+            if let limits = limits(key) { configuration.quota.apis[key.apiName!] = limits }
         }
         if let guardBand = duration(.quotaGuard, mayBeZero: true) { configuration.quota.guardBand = guardBand }
+    }
+
+    /// A list of limits, every one valid and at least one; nil when unset or wrong.
+    private mutating func limits(_ key: ConfigurationKey) -> [Limit]? {
+        guard let specs = list(key) else { return nil }
+        var limits: [Limit] = []
+        for (index, spec) in specs.enumerated() {
+            if let limit = Limit(spec: spec) {
+                limits.append(limit)
+            } else {
+                fail(key, index: index, "\(quoted(spec)) is not a limit\(Self.limitReason(spec)); write N/duration such as \"100/1m\" (units ms, s, m, h)")
+            }
+        }
+        if specs.isEmpty {
+            fail(key, "is empty; at least one limit is needed, such as [\"100/1m\", \"1500/1h\"] (Microsoft's limits)")
+            return nil
+        }
+        return limits.count == specs.count ? limits : nil
     }
 
     private mutating func readRetryQueueAndLog(into configuration: inout GatewayConfiguration) {

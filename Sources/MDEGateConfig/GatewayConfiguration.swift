@@ -173,6 +173,8 @@ public struct GatewayConfiguration: Sendable, Equatable {
         /// Extra time each window is held for, absorbing clock and network jitter between
         /// our ledger and Microsoft's counter; without it, edge-of-window calls earn 429s.
         public var guardBand: Duration
+        /// Limits of single upstream APIs (by name: `isolate`, …) that differ from `limits`.
+        public var apis: [String: [Limit]] = [:]
 
         public init(
             limits: [Limit] = [Limit(calls: 100, window: .seconds(60)), Limit(calls: 1500, window: .seconds(3600))],

@@ -18,6 +18,17 @@ extension GatewayConfiguration {
                 section = key.section
                 lines.append("\(section):")
             }
+            if key.isAPIOverride {
+                // Only the APIs whose limits differ, nested under `apis:`, so that loading the
+                // output again gives the same configuration.
+                if key == ConfigurationKey.apiOverrides.first {
+                    lines.append(quota.apis.isEmpty ? "  apis: {}" : "  apis:")
+                }
+                if let limits = quota.apis[key.apiName!] {
+                    lines.append("    \(key.apiName!): \(Self.rendered(limits))")
+                }
+                continue
+            }
             lines.append("  \(key.name): \(renderedValue(of: key))")
         }
         return lines.joined(separator: "\n") + "\n"
@@ -45,7 +56,11 @@ extension GatewayConfiguration {
         case .authClientKeyFile: YAMLText.quoted(auth.clientKeyFile ?? "")
         case .authTokenURL: YAMLText.quoted(auth.tokenURL)
         case .authScope: YAMLText.quoted(auth.scope)
-        case .quotaLimits: "[" + quota.limits.map { YAMLText.quoted($0.spec) }.joined(separator: ", ") + "]"
+        case .quotaLimits: Self.rendered(quota.limits)
+        case .quotaAPICancel, .quotaAPIGetMachineAction, .quotaAPIListMachineActions, .quotaAPIIsolate,
+            .quotaAPIUnisolate, .quotaAPIRunAntivirusScan, .quotaAPICollectInvestigationPackage,
+            .quotaAPIRestrictCodeExecution, .quotaAPIUnrestrictCodeExecution, .quotaAPIStopAndQuarantineFile:
+            quota.apis[key.apiName!].map(Self.rendered) ?? "[]"
         case .quotaGuard: quota.guardBand.configString
         case .retryMaxAttempts: String(retry.maxAttempts)
         case .retryInitialBackoff: retry.initialBackoff.configString
@@ -53,6 +68,10 @@ extension GatewayConfiguration {
         case .queueMaxPending: String(queue.maxPending)
         case .logLevel: log.level.rawValue
         }
+    }
+
+    private static func rendered(_ limits: [Limit]) -> String {
+        "[" + limits.map { YAMLText.quoted($0.spec) }.joined(separator: ", ") + "]"
     }
 
     private static func octal(_ mode: mode_t) -> String {

@@ -145,7 +145,7 @@ struct LoadingTests {
     @Test("every key can be set by its variable MDEGATE_ + section + _ + key, uppercased")
     func everyKeyFromTheEnvironment() throws {
         #expect(ConfigurationKey.upstreamBaseURL.environmentName == "MDEGATE_UPSTREAM_BASE_URL")
-        let values: [ConfigurationKey: String] = [
+        var values: [ConfigurationKey: String] = [
             .socketPath: "/a.sock", .socketMode: "0640", .statePath: "/b.sqlite", .upstreamCloud: "dod",
             .upstreamBaseURL: "https://localhost:1", .upstreamConnectTimeout: "3s", .upstreamRequestTimeout: "4s",
             .upstreamMaxConcurrency: "5", .upstreamCAFile: "/c.pem", .upstreamProxy: "socks5h://p:1080",
@@ -155,10 +155,11 @@ struct LoadingTests {
             .authScope: "s", .quotaLimits: "7/7s", .quotaGuard: "7ms", .retryMaxAttempts: "7",
             .retryInitialBackoff: "7s", .retryMaxBackoff: "8s", .queueMaxPending: "9", .logLevel: "critical",
         ]
+        for key in ConfigurationKey.apiOverrides { values[key] = "3/3s" }
         #expect(Set(values.keys) == Set(ConfigurationKey.allCases))
         let environment = Dictionary(uniqueKeysWithValues: values.map { ($0.key.environmentName, $0.value) })
         let loaded = try load("log:\n  level: debug\n", environment: environment)
-        let expected = GatewayConfiguration(
+        var expected = GatewayConfiguration(
             socket: .init(path: "/a.sock", mode: 0o640),
             state: .init(path: "/b.sqlite"),
             upstream: .init(
@@ -172,6 +173,7 @@ struct LoadingTests {
             retry: .init(maxAttempts: 7, initialBackoff: .seconds(7), maxBackoff: .seconds(8)),
             queue: .init(maxPending: 9),
             log: .init(level: .critical))
+        for key in ConfigurationKey.apiOverrides { expected.quota.apis[key.apiName!] = [Limit(calls: 3, window: .seconds(3))] }
         #expect(loaded.configuration == expected)
         #expect(loaded.warnings.isEmpty)
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import MDEGateConfig
 import MDEGateCore
 import MDEGateTransport
 import MDEGateWire
@@ -253,5 +254,18 @@ struct ActionRouteTests {
         #expect(String(decoding: call.body, as: UTF8.self) == #"{"Comment":"scan it","ScanType":"Full"}"#)
         try await restarted.drain().get()
         try await store.close()
+    }
+
+    @Test("configuration knows exactly the route table's APIs, and quota.apis reaches each API's ledger")
+    func configurationNamesTheRoutes() async throws {
+        #expect(Set(ConfigurationKey.apiOverrides.compactMap(\.apiName)) == Set(Route.apis.map(\.name)))
+        var configuration = GatewayConfiguration(auth: .init(tokenFile: "/run/mdegate/token"))
+        configuration.quota.apis = ["isolate": [Limit(calls: 2, window: .seconds(1))]]
+        let settings = Gateway.Settings(configuration)
+        let gateway = scriptedGateway(settings, store: InMemoryStore(), upstream: ScriptedUpstream())
+        try await gateway.start()
+        let status = await gateway.status()
+        #expect(status.apis.first { $0.name == "isolate" }?.limits.map(\.spec) == ["2/1s"])
+        #expect(status.apis.first { $0.name == "cancel" }?.limits.map(\.spec) == ["100/1m", "1500/1h"])
     }
 }

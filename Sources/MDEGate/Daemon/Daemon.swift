@@ -117,5 +117,6 @@ extension Gateway.Settings {
                 maxBackoff: configuration.retry.maxBackoff),
             maxConcurrency: configuration.upstream.maxConcurrency,
             maxPending: configuration.queue.maxPending)
+        apiLimits = Dictionary(uniqueKeysWithValues: configuration.quota.apis.map { (UpstreamAPI($0.key), $0.value) })
     }
 }
