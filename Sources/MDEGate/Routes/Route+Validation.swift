@@ -28,7 +28,7 @@ extension Route {
         let own = segments
         guard path.count == own.count else { return false }
         return zip(own, path).allSatisfy { mine, theirs in
-            mine == "{id}" ? !theirs.isEmpty : asciiCaseInsensitiveEqual(String(mine), String(theirs))
+            mine == "{id}" ? !theirs.isEmpty : asciiCaseInsensitiveEqual(mine, theirs)
         }
     }
 

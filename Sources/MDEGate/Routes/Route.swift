@@ -41,7 +41,8 @@ public struct Route: Sendable {
     /// answer depends on the moment it is made).
     public let coalesces: Bool
 
-    var segments: [Substring] { template.split(separator: "/") }
+    /// `template`'s segments, split once.
+    let segments: [Substring]
 
     /// Every route, cancel first.
     public static let all: [Route] = [
@@ -77,6 +78,7 @@ public struct Route: Sendable {
         self.api = api
         self.method = method
         self.template = template
+        self.segments = template.split(separator: "/")
         self.target = target
         self.parameters = parameters
         self.success = success

@@ -21,7 +21,7 @@ public struct LocalRequest: Sendable {
 
 /// Header names are ASCII tokens (RFC 9110): compared byte by byte, without Foundation's
 /// Unicode-aware comparison, which cost more than the rest of the header handling.
-func asciiCaseInsensitiveEqual(_ a: String, _ b: String) -> Bool {
+func asciiCaseInsensitiveEqual(_ a: some StringProtocol, _ b: some StringProtocol) -> Bool {
     a.utf8.count == b.utf8.count && zip(a.utf8, b.utf8).allSatisfy { x, y in
         x == y || (x | 0x20 == y | 0x20 && (x | 0x20) >= UInt8(ascii: "a") && (x | 0x20) <= UInt8(ascii: "z"))
     }
@@ -79,7 +79,7 @@ public struct LocalAPI: Sendable {
         let parts = request.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
         let path = String(parts[0])
         let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
-        if segments.first.map({ asciiCaseInsensitiveEqual(String($0), "api") }) == true {
+        if segments.first.map({ asciiCaseInsensitiveEqual($0, "api") }) == true {
             switch Route.match(method: request.method, path: segments.dropFirst()) {
             case .found(let route, let target):
                 return call(route, target: target, query: parts.count > 1 ? parts[1] : nil, request, gateway)
