@@ -1,7 +1,8 @@
 import MDEGateCore
 import NIOCore
 
-/// The strict upstream's memory of when cancel requests arrived, and the judge of violations.
+/// The strict upstream's memory of when one API's calls arrived, and the judge of violations.
+/// The simulator keeps one per API (MDE limits each API separately), each with its own limits.
 ///
 /// The real API counts every call against the application's quota, including calls it refuses, so
 /// this log records every arrival, also those answered 429 or 5xx. An arrival at time t violates a

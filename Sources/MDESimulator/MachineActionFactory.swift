@@ -1,11 +1,19 @@
 import Foundation
 import MDEGateCore
+import NIOCore
 
-/// The MachineAction entity, as `POST /api/machineactions/{id}/cancel` returns it.
+/// The MachineAction entity, as MDE's machine-action APIs return it (the POSTs on a machine, cancel,
+/// get, and each element of the listing's `value`).
 ///
 /// Encoded by hand so that absent values are written as `null`, as the upstream does, instead of
 /// being left out (synthesized `Encodable` skips nil optionals).
 struct MachineAction: Encodable, Sendable {
+    /// The file of a StopAndQuarantineFile action.
+    struct RelatedFileInfo: Encodable, Sendable {
+        var fileIdentifier: String
+        var fileIdentifierType: String
+    }
+
     var id: String
     var type: String
     var title: String?
@@ -23,6 +31,9 @@ struct MachineAction: Encodable, Sendable {
     var scope: String?
     var externalId: String?
     var requestSource: String
+    var relatedFileInfo: RelatedFileInfo? = nil
+    /// Whether to write `@odata.context`: a single entity has it, the elements of a listing do not.
+    var includesContext = true
 
     private enum CodingKeys: String, CodingKey {
         case odataContext = "@odata.context"
@@ -34,10 +45,12 @@ struct MachineAction: Encodable, Sendable {
 
     func encode(to encoder: any Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(
-            "https://api.securitycenter.microsoft.com/api/$metadata#MachineActions/$entity",
-            forKey: .odataContext
-        )
+        if self.includesContext {
+            try container.encode(
+                "https://api.securitycenter.microsoft.com/api/$metadata#MachineActions/$entity",
+                forKey: .odataContext
+            )
+        }
         try container.encode(self.id, forKey: .id)
         try container.encode(self.type, forKey: .type)
         try container.encode(self.title, forKey: .title)
@@ -55,18 +68,37 @@ struct MachineAction: Encodable, Sendable {
         try container.encode(self.scope, forKey: .scope)
         try container.encode(self.externalId, forKey: .externalId)
         try container.encode(self.requestSource, forKey: .requestSource)
-        try container.encodeNil(forKey: .relatedFileInfo)
+        try container.encode(self.relatedFileInfo, forKey: .relatedFileInfo)
         try container.encode([String](), forKey: .commands)
         try container.encodeNil(forKey: .troubleshootInfo)
     }
 }
 
-/// Builds the machine actions the simulator "cancels".
+/// `GET /api/machineactions`'s answer: the OData collection.
+struct MachineActionList: Encodable, Sendable {
+    var value: [MachineAction]
+
+    private enum CodingKeys: String, CodingKey {
+        case odataContext = "@odata.context"
+        case value
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode("https://api.securitycenter.microsoft.com/api/$metadata#MachineActions", forKey: .odataContext)
+        try container.encode(self.value, forKey: .value)
+    }
+}
+
+/// Builds the machine actions the simulator answers with.
 ///
-/// Everything except the times is derived from the id, so the same id always describes the same
-/// action (same type, machine, host) across requests and runs, which keeps test output stable.
+/// Two kinds: the actions it created itself (`created`/`entity(_:)`, from `ActionStore`), and the
+/// ones it "cancels" without ever having created them (`cancelledAction`), whose details are
+/// derived from the id, so the same id always describes the same action (same type, machine,
+/// host) across requests and runs, which keeps test output stable.
 struct MachineActionFactory: Sendable {
-    /// Who cancels: the application, as the upstream records for calls made with an app token.
+    /// Who requests and who cancels: the application, as the upstream records for calls made with
+    /// an app token.
     var cancellationRequestor: String
 
     private static let kinds: [(type: String, title: String, comment: String, scopes: [String?])] = [
@@ -78,6 +110,57 @@ struct MachineActionFactory: Sendable {
         ("UnrestrictCodeExecution", "Remove app restriction", "Lift restriction after triage", [nil]),
         ("StopAndQuarantineFile", "Stop and quarantine file", "Quarantine malicious binary", [nil]),
     ]
+
+    /// A new action for a POST on a machine: a fresh id, `requestor` the application.
+    func created(
+        type: String, scope: String?, comment: String, machineId: String, sha1: String?,
+        at now: Timestamp, uptime: NIODeadline
+    ) -> StoredAction {
+        StoredAction(
+            id: GUID.make(),
+            type: type,
+            scope: scope,
+            requestor: self.cancellationRequestor,
+            requestorComment: comment,
+            machineId: machineId.lowercased(),
+            computerDnsName: Self.computerDnsName(machineId: machineId),
+            sha1: sha1?.lowercased(),
+            created: now,
+            createdUptime: uptime
+        )
+    }
+
+    /// The entity of a created action in the state `snapshot` describes.
+    func entity(_ snapshot: ActionSnapshot, includesContext: Bool = true) -> MachineAction {
+        let action = snapshot.action
+        return MachineAction(
+            id: action.id,
+            type: action.type,
+            title: Self.kinds.first { $0.type == action.type }?.title,
+            requestor: action.requestor,
+            requestorComment: action.requestorComment,
+            status: snapshot.status.rawValue,
+            machineId: action.machineId,
+            computerDnsName: action.computerDnsName,
+            creationDateTimeUtc: action.created.iso8601,
+            lastUpdateDateTimeUtc: snapshot.lastUpdate.iso8601,
+            cancellationRequestor: action.cancellation?.requestor,
+            cancellationComment: action.cancellation?.comment,
+            cancellationDateTimeUtc: action.cancellation?.at.iso8601,
+            errorHResult: 0,
+            scope: action.scope,
+            externalId: nil,
+            requestSource: "PublicApi",
+            relatedFileInfo: action.sha1.map { .init(fileIdentifier: $0, fileIdentifierType: "Sha1") },
+            includesContext: includesContext
+        )
+    }
+
+    /// A stable host name for a machine id.
+    static func computerDnsName(machineId: String) -> String {
+        var derived = SplitMix64(deriving: machineId.lowercased())
+        return "desktop-" + hex(derived.next(), digits: 6) + ".contoso.local"
+    }
 
     func cancelledAction(id: String, comment: String, at now: Timestamp) -> MachineAction {
         var derived = SplitMix64(deriving: id.lowercased())

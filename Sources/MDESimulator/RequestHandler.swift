@@ -43,7 +43,9 @@ final class RequestHandler: ChannelInboundHandler {
             guard let head = self.head else { return }
             self.head = nil
             let path = String(head.uri.prefix { $0 != "?" })
-            let request = SimulatorRequest(method: head.method, path: path, headers: head.headers, body: self.body)
+            let query = String(head.uri.dropFirst(path.count + 1))
+            let request = SimulatorRequest(
+                method: head.method, path: path, headers: head.headers, body: self.body, query: query)
             self.body = nil
             let decision =
                 self.bodyTooLarge

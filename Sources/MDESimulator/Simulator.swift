@@ -13,7 +13,17 @@ struct SimulatorConfiguration: Sendable {
     /// The app registration's certificates, for client assertions; empty: secrets only.
     var clientCertificates: [RegisteredCertificate]
     var tokenLifetime: TimeAmount
+    /// Every API's limits, unless `apiLimits` names the API.
     var limits: [Limit]
+    /// Limits for single APIs, by API name (`--api-limits`); an empty list: unlimited.
+    var apiLimits: [String: [Limit]] = [:]
+    /// From the creation of a machine action to Succeeded (InProgress from half of it).
+    var actionDuration: TimeAmount = .seconds(60)
+    /// At most this many created machine actions are kept (the oldest are forgotten).
+    var maxActions: Int = 100_000
+    /// Create a second action of a kind on a machine while the first is Pending or InProgress,
+    /// instead of refusing it with 400 ActiveRequestAlreadyExists as MDE does.
+    var allowDuplicateActions = false
     /// Sent as `Retry-After` with limit violations.
     var retryAfterSeconds: Int
     var faults: FaultPlan
@@ -30,6 +40,8 @@ struct SimulatorRequest: Sendable {
     var path: String
     var headers: HTTPHeaders
     var body: ByteBuffer?
+    /// What follows the `?` (still percent-encoded), or "".
+    var query: String = ""
 }
 
 /// What to do with a request, decided as soon as it has been read.
@@ -43,8 +55,9 @@ struct Decision: Sendable {
     /// The requests whose answers are counted when they go out.
     enum Counted: Sendable {
         case none
-        /// In `answered`, `dropped`, `inFlight` and `maxInFlight`.
-        case cancel
+        /// An MDE API call, named by its API: in `answered`, `dropped`, `inFlight` and
+        /// `maxInFlight`, in total and in `byApi`.
+        case api(String)
         /// In `tokenEndpoint.inFlight` and `tokenEndpoint.maxInFlight`.
         case token
     }
@@ -56,7 +69,8 @@ struct Decision: Sendable {
     var counted = Counted.none
 }
 
-/// The simulated MDE API: routing, the strict limits, injected faults, tokens and counters.
+/// The simulated MDE API: routing, the strict limits (per API), injected faults, the machine
+/// actions it created, tokens and counters.
 ///
 /// One instance serves every connection on every event loop, so all mutable state sits behind one
 /// lock, taken once to decide a request and once to account for its answer.
@@ -67,7 +81,11 @@ final class Simulator: Sendable {
     private let state: Mutex<State>
 
     private struct State: Sendable {
-        var arrivals: ArrivalLog
+        /// Per API name: its arrival log and how many of its calls are being answered.
+        var apis: [String: APIState]
+        var actions: ActionStore
+        /// Arrivals per API and id (`"isolate <machine id>"`), for `failFirst`.
+        var attempts: [String: Int] = [:]
         var faults: FaultPlan
         var tokens: TokenIssuer
         var random: SplitMix64
@@ -76,22 +94,48 @@ final class Simulator: Sendable {
         var tokenRequestsInFlight = 0
     }
 
+    private struct APIState: Sendable {
+        var arrivals: ArrivalLog
+        var inFlight = 0
+    }
+
     /// The counters `GET /_sim/stats` reports and `POST /_sim/reset` zeroes.
+    ///
+    /// The top-level API counters (`arrivals`, `violations`, `answered`, `dropped`, `inFlight`,
+    /// `maxInFlight`, `arrivalTimesNs`) are totals over every API; `byApi` has them per API.
+    /// When only cancel is called, the totals are cancel's, as before there were other APIs.
     struct Counters: Encodable, Sendable {
         var arrivals = 0
         var violations = 0
         var answered: [String: Int] = [:]
+        /// Arrivals per target id, lowercased: the machine action id (cancel, get) or the machine
+        /// id (the POSTs on a machine); listings have none.
         var arrivalsById: [String: Int] = [:]
+        /// Every API by name, each present from the start.
+        var byApi: [String: APICounters] = Dictionary(uniqueKeysWithValues: SimulatedAPI.names.map { ($0, APICounters()) })
+        /// The machine actions the simulator holds (created by the POSTs on a machine), at the
+        /// moment of the answer; not a counter (`/_sim/reset` keeps the actions unless asked).
+        var storedActions = 0
         /// Every token request, whatever its answer; `tokenEndpoint` tells them apart.
         var tokenRequests = 0
         var tokenEndpoint = TokenCounters()
         var dropped = 0
         var maxInFlight = 0
         var inFlight = 0
-        /// Wall-clock (CLOCK_REALTIME) nanoseconds since the epoch of each cancel arrival, in order,
+        /// Wall-clock (CLOCK_REALTIME) nanoseconds since the epoch of each API arrival, in order,
         /// so a benchmark can compare them with the gateway's ledger; the first
         /// `maxRecordedArrivalTimes` after a reset only.
         var arrivalTimesNs: [Int64] = []
+    }
+
+    /// One API's counters (`byApi.<name>` in `GET /_sim/stats`), with the same meanings as the totals.
+    struct APICounters: Encodable, Sendable {
+        var arrivals = 0
+        var violations = 0
+        var answered: [String: Int] = [:]
+        var dropped = 0
+        var inFlight = 0
+        var maxInFlight = 0
     }
 
     /// What the token endpoint did; `granted + refused + outages == tokenRequests`.
@@ -128,7 +172,10 @@ final class Simulator: Sendable {
         self.log = configuration.quiet ? nil : RequestLog()
         self.state = Mutex(
             State(
-                arrivals: ArrivalLog(limits: configuration.limits),
+                apis: Dictionary(uniqueKeysWithValues: SimulatedAPI.names.map { name in
+                    (name, APIState(arrivals: ArrivalLog(limits: configuration.apiLimits[name] ?? configuration.limits)))
+                }),
+                actions: ActionStore(duration: configuration.actionDuration, capacity: configuration.maxActions),
                 faults: configuration.faults,
                 tokens: TokenIssuer(
                     tenant: configuration.tenant,
@@ -148,9 +195,10 @@ final class Simulator: Sendable {
     func decide(_ request: SimulatorRequest) -> Decision {
         let segments = request.path.split(separator: "/")
         let route = segments.map { $0.lowercased() }
+        if route.first == "api", let (api, id) = SimulatedAPI.route(Array(segments.dropFirst())) {
+            return self.only(api.method, request) { self.call(api, request, id: id) }
+        }
         switch route.count {
-        case 4 where route[0] == "api" && route[1] == "machineactions" && route[3] == "cancel":
-            return self.only(.POST, request) { self.cancel(request, id: String(segments[2])) }
         case 4 where route[1] == "oauth2" && route[2] == "v2.0" && route[3] == "token":
             return self.only(.POST, request) { self.token(request, tenant: String(segments[0])) }
         case 2 where route[0] == "_sim" && route[1] == "stats":
@@ -159,7 +207,7 @@ final class Simulator: Sendable {
             if request.method == .GET { return Decision(action: .reply(self.currentFaults())) }
             return self.only(.POST, request) { Decision(action: .reply(self.changeFaults(request))) }
         case 2 where route[0] == "_sim" && route[1] == "reset":
-            return self.only(.POST, request) { Decision(action: .reply(self.reset())) }
+            return self.only(.POST, request) { Decision(action: .reply(self.reset(request))) }
         case 2 where route[0] == "_sim" && route[1] == "revoke-tokens":
             return self.only(.POST, request) { Decision(action: .reply(self.revokeTokens())) }
         default:
@@ -181,54 +229,96 @@ final class Simulator: Sendable {
 
     // MARK: The MDE API
 
-    /// The verdict on one cancel request, reached under the lock; the answer is built outside it.
+    /// A call's input once validated (outside the lock: it depends on nothing the lock guards).
+    private enum Input {
+        case cancel(id: String, comment: String)
+        case get(id: String)
+        case list(ListingQuery)
+        case create(type: String, scope: String?, comment: String, machineId: String, sha1: String?)
+    }
+
+    /// Input refused before it does anything: a bad id, body or query.
+    private struct Refusal: Error {
+        var code: String
+        var message: String
+    }
+
+    /// The verdict on one API call, reached under the lock; the answer is built outside it.
     private enum Verdict {
         case violation(Limit)
         case unauthorized(String)
-        case invalidId
-        case invalidBody(String)
+        case refused(Refusal)
         case fault(FaultPlan.Fault)
-        case notFound
-        case cancelled(comment: String)
+        case answer(Outcome)
     }
 
-    /// `POST /api/machineactions/{id}/cancel`. The order of checks is the strict upstream's: every
-    /// arrival is logged and judged against the limits first (an unauthenticated or malformed call
-    /// still counts), then the token, the id and the body, then injected faults, then the answer.
-    private func cancel(_ request: SimulatorRequest, id: String) -> Decision {
-        let key = id.lowercased()  // GUIDs compare case-insensitively
+    /// What the API did with a valid call that got past the limits, the token and the faults.
+    private enum Outcome {
+        /// One created action, in this state: answered with the API's success status.
+        case action(ActionSnapshot)
+        case listing([ActionSnapshot])
+        /// A cancel of an id this simulator never created (or forgot), not starting with 00000000.
+        case cancelledUnknown(comment: String)
+        /// A cancel or get of an unknown id.
+        case actionNotFound
+        /// A cancel of an action already Succeeded or Cancelled.
+        case alreadyFinal(ActionSnapshot)
+        /// A POST on a machine whose id starts with 00000000.
+        case machineNotFound
+        /// A POST on a machine with an action of the same kind still Pending or InProgress.
+        case activeRequestExists(ActionSnapshot)
+    }
+
+    /// One call of an MDE API. The order of checks is the strict upstream's: every arrival is
+    /// logged and judged against its API's limits first (an unauthenticated or malformed call
+    /// still counts), then the token, the id, the body or query, then injected faults, then the
+    /// answer.
+    ///
+    /// Known machine actions (the ones the POSTs on a machine created) behave as in MDE: get
+    /// shows their current state, cancel works while they are Pending or InProgress. A cancel of
+    /// an unknown id keeps the simulator's original contract, which tests and benchmarks rely on:
+    /// ids starting with 00000000 are not found (404), any other id is cancelled (200, with
+    /// details derived from the id).
+    private func call(_ api: SimulatedAPI, _ request: SimulatorRequest, id: String?) -> Decision {
+        let key = id?.lowercased()  // GUIDs and machine ids compare case-insensitively
         let authorization = request.headers.first(name: "Authorization")
-        let body = Result { () throws(BodyError) in try JSON.decode(CancelBody.self, from: request.body) }
+        let input = Result { () throws(Refusal) in try Self.input(for: api, request, id: id) }
+        let attemptKey = api.name + " " + (key ?? "")
 
         let (verdict, delay) = self.state.withLock { state -> (Verdict, TimeAmount) in
             let now = NIODeadline.now()
             state.counters.arrivals += 1
+            state.counters.byApi[api.name, default: APICounters()].arrivals += 1
             if state.counters.arrivalTimesNs.count < Self.maxRecordedArrivalTimes {
                 state.counters.arrivalTimesNs.append(Self.wallClockNanoseconds())
             }
-            let attempt = state.counters.arrivalsById[key, default: 0] + 1
-            state.counters.arrivalsById[key] = attempt
+            if let key { state.counters.arrivalsById[key, default: 0] += 1 }
+            let attempt = state.attempts[attemptKey, default: 0] + 1
+            state.attempts[attemptKey] = attempt
             state.inFlight += 1
             state.counters.maxInFlight = max(state.counters.maxInFlight, state.inFlight)
-            let delay = state.faults.delay
+            state.apis[api.name]!.inFlight += 1
+            state.counters.byApi[api.name]!.maxInFlight = max(
+                state.counters.byApi[api.name]!.maxInFlight, state.apis[api.name]!.inFlight)
+            let delay = state.faults.delay(for: api.name)
 
-            if let limit = state.arrivals.record(at: now) {
+            if let limit = state.apis[api.name]!.arrivals.record(at: now) {
                 state.counters.violations += 1
+                state.counters.byApi[api.name]!.violations += 1
                 return (.violation(limit), delay)
             }
             if let problem = state.tokens.rejection(ofAuthorization: authorization, now: now) {
                 return (.unauthorized(problem), delay)
             }
-            guard GUID.isValid(id) else { return (.invalidId, delay) }
-            let comment: String
-            switch body {
-            case .success(let parsed): comment = parsed.Comment
-            case .failure(let error): return (.invalidBody(error.message), delay)
+            let valid: Input
+            switch input {
+            case .success(let parsed): valid = parsed
+            case .failure(let refusal): return (.refused(refusal), delay)
             }
-            if let fault = state.faults.fault(attempt: attempt, random: &state.random) {
+            if state.faults.applies(to: api.name), let fault = state.faults.fault(attempt: attempt, random: &state.random) {
                 return (.fault(fault), delay)
             }
-            return (id.hasPrefix("00000000") ? .notFound : .cancelled(comment: comment), delay)
+            return (.answer(self.perform(valid, state: &state, now: now)), delay)
         }
 
         let action: Decision.Action
@@ -242,12 +332,149 @@ final class Simulator: Sendable {
         case .unauthorized(let problem):
             action = .reply(.upstreamError(
                 .unauthorized, code: "Unauthorized", message: problem, headers: ["WWW-Authenticate": "Bearer"]))
-        case .invalidId:
-            action = .reply(.upstreamError(
-                .badRequest, code: "BadRequest", message: "Machine action id '\(id)' is not a valid GUID."))
-        case .invalidBody(let message):
-            action = .reply(.upstreamError(.badRequest, code: "InvalidRequestBody", message: message))
-        case .fault(.tooManyRequests(let retryAfter)):
+        case .refused(let refusal):
+            action = .reply(.upstreamError(.badRequest, code: refusal.code, message: refusal.message))
+        case .fault(let fault):
+            action = Self.injected(fault)
+        case .answer(let outcome):
+            action = .reply(self.reply(api, id: id ?? "", outcome))
+        }
+        return Decision(action: action, delay: delay, counted: .api(api.name))
+    }
+
+    /// Validates a call's id and body or query, in that order.
+    private static func input(for api: SimulatedAPI, _ request: SimulatorRequest, id: String?) throws(Refusal) -> Input {
+        switch api.target {
+        case .machineAction:
+            let id = id ?? ""
+            guard GUID.isValid(id) else {
+                throw Refusal(code: "BadRequest", message: "Machine action id '\(id)' is not a valid GUID.")
+            }
+            if api.method == .GET { return .get(id: id) }
+            let body = try Self.body(request)
+            return .cancel(id: id, comment: body.Comment)
+        case .machine:
+            let id = id ?? ""
+            guard HexId.isValid(id) else {
+                throw Refusal(code: "BadRequest", message: "Machine id '\(id)' is not valid: 40 hexadecimal digits expected.")
+            }
+            let body = try Self.body(request)
+            var scope: String?
+            var sha1: String?
+            if let parameter = api.parameter {
+                guard let raw = body.value(of: parameter.name) else {
+                    throw Refusal(
+                        code: "InvalidRequestBody",
+                        message: "The request body lacks the property '\(parameter.name)' (names are case-sensitive).")
+                }
+                if let allowed = parameter.allowed {
+                    guard let canonical = allowed.first(where: { $0.lowercased() == raw.lowercased() }) else {
+                        throw Refusal(
+                            code: "InvalidRequestBody",
+                            message: "\(parameter.name) must be one of \(allowed.joined(separator: ", ")), got '\(raw)'.")
+                    }
+                    scope = canonical
+                } else {
+                    guard HexId.isValid(raw) else {
+                        throw Refusal(
+                            code: "InvalidRequestBody",
+                            message: "\(parameter.name) must be a SHA-1: 40 hexadecimal digits, got '\(raw)'.")
+                    }
+                    sha1 = raw
+                }
+            }
+            return .create(type: api.actionType ?? api.name, scope: scope, comment: body.Comment, machineId: id, sha1: sha1)
+        case .none:
+            switch ListingQuery.parse(request.query) {
+            case .success(let query): return .list(query)
+            case .failure(let error): throw Refusal(code: "BadRequest", message: error.message)
+            }
+        }
+    }
+
+    private static func body(_ request: SimulatorRequest) throws(Refusal) -> ActionBody {
+        do {
+            return try JSON.decode(ActionBody.self, from: request.body)
+        } catch {
+            throw Refusal(code: "InvalidRequestBody", message: error.message)
+        }
+    }
+
+    /// The body of the POSTs; property names are case-sensitive, as upstream. Other properties
+    /// are ignored, as ASP.NET does.
+    private struct ActionBody: Decodable {
+        var Comment: String
+        var IsolationType: String?
+        var ScanType: String?
+        var Sha1: String?
+
+        func value(of name: String) -> String? {
+            switch name {
+            case "IsolationType": IsolationType
+            case "ScanType": ScanType
+            case "Sha1": Sha1
+            default: nil
+            }
+        }
+    }
+
+    /// What a valid call does to the machine actions; under the lock.
+    private func perform(_ input: Input, state: inout State, now: NIODeadline) -> Outcome {
+        switch input {
+        case .cancel(let id, let comment):
+            switch state.actions.cancel(
+                id, requestor: self.configuration.clientId, comment: comment, now: now, wallClock: .now())
+            {
+            case .cancelled(let snapshot): return .action(snapshot)
+            case .final(let snapshot): return .alreadyFinal(snapshot)
+            case .unknown: return id.hasPrefix("00000000") ? .actionNotFound : .cancelledUnknown(comment: comment)
+            }
+        case .get(let id):
+            return state.actions.find(id, at: now).map { .action($0) } ?? .actionNotFound
+        case .list(let query):
+            return .listing(state.actions.list(query, at: now))
+        case .create(let type, let scope, let comment, let machineId, let sha1):
+            if machineId.hasPrefix("00000000") { return .machineNotFound }
+            let action = self.factory.created(
+                type: type, scope: scope, comment: comment, machineId: machineId, sha1: sha1, at: .now(), uptime: now)
+            if !self.configuration.allowDuplicateActions, let active = state.actions.active(like: action, at: now) {
+                return .activeRequestExists(active)
+            }
+            state.actions.insert(action)
+            return .action(state.actions.snapshot(of: action, at: now))
+        }
+    }
+
+    private func reply(_ api: SimulatedAPI, id: String, _ outcome: Outcome) -> Reply {
+        switch outcome {
+        case .action(let snapshot):
+            return .json(api.success, self.factory.entity(snapshot))
+        case .listing(let snapshots):
+            return .json(.ok, MachineActionList(value: snapshots.map { self.factory.entity($0, includesContext: false) }))
+        case .cancelledUnknown(let comment):
+            return .json(.ok, self.factory.cancelledAction(id: id, comment: comment, at: .now()))
+        case .actionNotFound:
+            return .upstreamError(.notFound, code: "ResourceNotFound", message: "Machine action \(id) was not found")
+        case .alreadyFinal(let snapshot):
+            // MDE documents only that cancel applies to actions "not yet in final state"; the
+            // simulator answers the others 400 with the generic code "BadRequest".
+            return .upstreamError(
+                .badRequest, code: "BadRequest",
+                message: "Machine action \(snapshot.action.id) is already in a final state (\(snapshot.status.rawValue)) and cannot be cancelled.")
+        case .machineNotFound:
+            return .upstreamError(.notFound, code: "ResourceNotFound", message: "Machine \(id) was not found")
+        case .activeRequestExists(let active):
+            // MDE refuses a second action of a kind on a machine while one is pending this way.
+            return .upstreamError(
+                .badRequest, code: "ActiveRequestAlreadyExists",
+                message: "Action is already in progress: \(active.action.type) action \(active.action.id) on machine \(active.action.machineId) is \(active.status.rawValue).")
+        }
+    }
+
+    /// The answer for an injected fault.
+    private static func injected(_ fault: FaultPlan.Fault) -> Decision.Action {
+        switch fault {
+        case .tooManyRequests(let retryAfter):
             var headers = HTTPHeaders()
             var message = "Rate limit is exceeded."
             switch retryAfter {
@@ -263,27 +490,16 @@ final class Simulator: Sendable {
             case nil:
                 break
             }
-            action = .reply(.upstreamError(.tooManyRequests, code: "TooManyRequests", message: message, headers: headers))
-        case .fault(.internalServerError):
-            action = .reply(.upstreamError(
+            return .reply(.upstreamError(.tooManyRequests, code: "TooManyRequests", message: message, headers: headers))
+        case .internalServerError:
+            return .reply(.upstreamError(
                 .internalServerError, code: "InternalServerError", message: "An unexpected error occurred (injected)."))
-        case .fault(.serviceUnavailable):
-            action = .reply(.upstreamError(
+        case .serviceUnavailable:
+            return .reply(.upstreamError(
                 .serviceUnavailable, code: "ServiceUnavailable", message: "The service is temporarily unavailable (injected)."))
-        case .fault(.drop):
-            action = .drop
-        case .notFound:
-            action = .reply(.upstreamError(
-                .notFound, code: "ResourceNotFound", message: "Machine action \(id) was not found"))
-        case .cancelled(let comment):
-            action = .reply(.json(.ok, self.factory.cancelledAction(id: id, comment: comment, at: .now())))
+        case .drop:
+            return .drop
         }
-        return Decision(action: action, delay: delay, counted: .cancel)
-    }
-
-    /// The cancel request's body; the property name is case-sensitive, as upstream.
-    private struct CancelBody: Decodable {
-        var Comment: String
     }
 
     // MARK: The identity platform
@@ -364,8 +580,7 @@ final class Simulator: Sendable {
     private func stats() -> Reply {
         let counters = self.state.withLock { state in
             var counters = state.counters
-            counters.inFlight = state.inFlight
-            counters.tokenEndpoint.inFlight = state.tokenRequestsInFlight
+            Self.fillGauges(&counters, from: state)
             return counters
         }
         return .json(.ok, counters)
@@ -413,18 +628,38 @@ final class Simulator: Sendable {
         }
     }
 
-    /// Zeroes the counters and forgets the arrival log. Fault settings, issued (and revoked)
-    /// tokens and the memory of presented assertion `jti`s stay; requests still in flight stay
-    /// counted as in flight.
-    private func reset() -> Reply {
+    /// The values of `Counters` that describe the moment rather than count (in flight, stored).
+    private static func fillGauges(_ counters: inout Counters, from state: State) {
+        counters.inFlight = state.inFlight
+        counters.tokenEndpoint.inFlight = state.tokenRequestsInFlight
+        for (name, api) in state.apis {
+            counters.byApi[name, default: APICounters()].inFlight = api.inFlight
+        }
+        counters.storedActions = state.actions.count
+    }
+
+    /// Zeroes the counters (totals and `byApi`) and forgets every API's arrival log, so each API
+    /// has its whole quota again. Fault settings, issued (and revoked) tokens and the memory of
+    /// presented assertion `jti`s stay; requests still in flight stay counted as in flight.
+    ///
+    /// The machine actions created so far stay too (they are MDE's state, not a counter: a get
+    /// still finds them, and a pending isolate still blocks a second one), unless the query says
+    /// `actions=forget`.
+    private func reset(_ request: SimulatorRequest) -> Reply {
+        let forgetActions = request.query.split(separator: "&").contains("actions=forget")
         let counters = self.state.withLock { state in
             state.counters = Counters()
             state.counters.maxInFlight = state.inFlight
-            state.counters.inFlight = state.inFlight
             state.counters.tokenEndpoint.maxInFlight = state.tokenRequestsInFlight
-            state.counters.tokenEndpoint.inFlight = state.tokenRequestsInFlight
-            state.arrivals.removeAll()
-            return state.counters
+            for name in state.apis.keys {
+                state.apis[name]!.arrivals.removeAll()
+                state.counters.byApi[name, default: APICounters()].maxInFlight = state.apis[name]!.inFlight
+            }
+            state.attempts.removeAll()
+            if forgetActions { state.actions.removeAll() }
+            var counters = state.counters
+            Self.fillGauges(&counters, from: state)
+            return counters
         }
         return .json(.ok, counters)
     }
@@ -439,13 +674,16 @@ final class Simulator: Sendable {
         case .drop: outcome = "dropped"
         }
         switch decision.counted {
-        case .cancel:
+        case .api(let name):
             self.state.withLock { state in
                 state.inFlight -= 1
+                state.apis[name]?.inFlight -= 1
                 if case .drop = decision.action {
                     state.counters.dropped += 1
+                    state.counters.byApi[name, default: APICounters()].dropped += 1
                 } else {
                     state.counters.answered[outcome, default: 0] += 1
+                    state.counters.byApi[name, default: APICounters()].answered[outcome, default: 0] += 1
                 }
             }
         case .token:

@@ -11,14 +11,34 @@ struct SimulatorCommand: AsyncParsableCommand {
         commandName: "mde-simulator",
         abstract: "A local, strict stand-in for the MDE machine-action API, for tests, demos and offline use.",
         discussion: """
-            Serves POST /api/machineactions/{id}/cancel and POST /{tenant}/oauth2/v2.0/token over \
-            HTTP/1.1 (HTTPS with --tls-certificate and --tls-key), plus test endpoints: \
-            GET /_sim/stats, GET|POST /_sim/faults, POST /_sim/reset, POST /_sim/revoke-tokens. \
+            Serves the machine-action APIs (API names in brackets) over HTTP/1.1 (HTTPS with \
+            --tls-certificate and --tls-key): \
+            POST /api/machineactions/{id}/cancel {"Comment"} [cancel], \
+            GET /api/machineactions/{id} [get_machine_action], \
+            GET /api/machineactions?$filter=&$top=&$skip= [list_machine_actions], and on \
+            /api/machines/{machineId}/: POST isolate {"Comment","IsolationType"} [isolate], \
+            unisolate [unisolate], runAntiVirusScan {"Comment","ScanType"} [run_antivirus_scan], \
+            collectInvestigationPackage [collect_investigation_package], restrictCodeExecution \
+            [restrict_code_execution], unrestrictCodeExecution [unrestrict_code_execution], \
+            StopAndQuarantineFile {"Comment","Sha1"} [stop_and_quarantine_file]; the POSTs on a \
+            machine answer 201 with a new MachineAction. Also POST /{tenant}/oauth2/v2.0/token, and \
+            test endpoints: GET /_sim/stats, GET|POST /_sim/faults, POST /_sim/reset \
+            (?actions=forget also forgets created actions), POST /_sim/revoke-tokens. \
             Prints "mde-simulator listening on http://HOST:PORT" (https://...) once ready.
 
-            Every cancel arrival counts against the limits, also ones answered 401, 400, 429 or 5xx. \
-            An arrival is a violation (answered 429) when N or more earlier arrivals lie within the \
-            last W of some --limit N/W.
+            Each API has its own limits: --limit for every API, --api-limits for one. Every arrival \
+            counts against its API's limits, also ones answered 401, 400, 429 or 5xx. An arrival is \
+            a violation (answered 429) when N or more earlier arrivals of its API lie within the \
+            last W of some limit N/W.
+
+            Created actions are Pending for the first half of --action-duration, then InProgress, \
+            then Succeeded; a cancel while Pending or InProgress makes them Cancelled, later it is \
+            answered 400. A second action of the same type on a machine (for quarantine: of the same \
+            file) while one is Pending or InProgress is answered 400 ActiveRequestAlreadyExists \
+            (unless --allow-duplicate-actions). \
+            Machine ids are 40 hex digits; those starting with 00000000 are not found (404). A cancel \
+            of an id the simulator did not create answers 200 Cancelled, or 404 when the id starts \
+            with 00000000; a get of such an id answers 404.
 
             The token endpoint grants client_credentials with --client-secret, or, for each \
             --client-certificate, with a client assertion (client_assertion_type \
@@ -27,7 +47,8 @@ struct SimulatorCommand: AsyncParsableCommand {
             (scheme://Host/path), iss = sub = the client id, exp in the future and at most 1 h \
             ahead, nbf not in the future, and a jti never presented before.
 
-            POST /_sim/faults takes any of: fail500Rate, fail503Rate, dropRate, delayMs, failFirst, \
+            POST /_sim/faults takes any of: apis (API names the API faults apply to; null: every \
+            API), fail500Rate, fail503Rate, dropRate, delayMs, failFirst, \
             next429 {count, retryAfter}, next429RetryAfterDate {count, retryAfter} (Retry-After as an \
             HTTP-date), next429WithoutRetryAfter, tokenOutage ("none" | "503" | "drop", until set \
             back to "none"), tokenDelayMs (held before every token answer). \
@@ -79,16 +100,42 @@ struct SimulatorCommand: AsyncParsableCommand {
     )
     var limits: [Limit] = []
 
+    @Option(
+        name: .customLong("api-limits"),
+        help: ArgumentHelp(
+            "Limits for one API instead of --limit, e.g. isolate=2/1s,10/1m, or NAME=none for unlimited; repeatable, once per API. Names: \(SimulatedAPI.names.joined(separator: ", ")).",
+            valueName: "name=N/duration[,N/duration...]"),
+        transform: SimulatorCommand.apiLimits
+    )
+    var apiLimits: [APILimits] = []
+
+    @Option(
+        help: ArgumentHelp("How long a created machine action takes to succeed (InProgress from half of it), e.g. 200ms or 5m. (default: 60s)", valueName: "duration"),
+        transform: SimulatorCommand.duration
+    )
+    var actionDuration: Duration = .seconds(60)
+
+    @Option(help: "At most this many created machine actions are kept; the oldest are forgotten.")
+    var maxActions = 100_000
+
+    @Flag(help: "Create a second action of a type on a machine while the first is Pending or InProgress, instead of answering 400 ActiveRequestAlreadyExists.")
+    var allowDuplicateActions = false
+
     @Option(help: "The Retry-After seconds sent with limit violations.")
     var retryAfter = 1
 
-    @Option(name: .customLong("fail-500-rate"), help: "Fraction (0...1) of cancel requests answered 500.")
+    @Option(
+        help: ArgumentHelp("Inject the faults below (and those set through /_sim/faults) only into these APIs; default: every API.", valueName: "name[,name...]")
+    )
+    var faultApis: String?
+
+    @Option(name: .customLong("fail-500-rate"), help: "Fraction (0...1) of API requests answered 500.")
     var fail500Rate = 0.0
 
-    @Option(name: .customLong("fail-503-rate"), help: "Fraction (0...1) of cancel requests answered 503.")
+    @Option(name: .customLong("fail-503-rate"), help: "Fraction (0...1) of API requests answered 503.")
     var fail503Rate = 0.0
 
-    @Option(help: "Fraction (0...1) of cancel requests read and then closed without an answer.")
+    @Option(help: "Fraction (0...1) of API requests read and then closed without an answer.")
     var dropRate = 0.0
 
     @Option(
@@ -97,7 +144,7 @@ struct SimulatorCommand: AsyncParsableCommand {
     )
     var delay: Duration?
 
-    @Option(help: "The first K attempts for each machine action id get 503.")
+    @Option(help: "The first K attempts of each API for each id (machine action or machine) get 503.")
     var failFirst = 0
 
     @Option(help: "Seed for the injected faults' randomness (default: random, logged at start).")
@@ -110,6 +157,12 @@ struct SimulatorCommand: AsyncParsableCommand {
         guard (0...65535).contains(self.port) else { throw ValidationError("--port must be 0...65535.") }
         guard self.tokenLifetime > 0 else { throw ValidationError("--token-lifetime must be positive.") }
         guard self.retryAfter >= 0 else { throw ValidationError("--retry-after must not be negative.") }
+        guard self.maxActions > 0 else { throw ValidationError("--max-actions must be positive.") }
+        var named: Set<String> = []
+        for entry in self.apiLimits where !named.insert(entry.api).inserted {
+            throw ValidationError(
+                "--api-limits names \(entry.api) twice; give all its limits at once, e.g. \(entry.api)=2/1s,10/1m.")
+        }
         guard (self.tlsCertificate == nil) == (self.tlsKey == nil) else {
             throw ValidationError("--tls-certificate and --tls-key go together: give both to serve HTTPS, or neither for plain HTTP.")
         }
@@ -119,7 +172,9 @@ struct SimulatorCommand: AsyncParsableCommand {
                 .replacingOccurrences(of: "fail503Rate", with: "--fail-503-rate")
                 .replacingOccurrences(of: "dropRate", with: "--drop-rate")
                 .replacingOccurrences(of: "failFirst", with: "--fail-first")
-            throw ValidationError(flag + ".")
+                .replacingOccurrences(of: "apis must name at least one API (or be null for every API)", with: "--fault-apis must name at least one API")
+                .replacingOccurrences(of: "apis: ", with: "--fault-apis: ")
+            throw ValidationError(flag.hasSuffix(".") ? flag : flag + ".")
         }
     }
 
@@ -131,6 +186,9 @@ struct SimulatorCommand: AsyncParsableCommand {
         plan.delay = .nanoseconds(self.delay?.nanoseconds ?? 0)
         plan.failFirst = self.failFirst
         plan.next429RetryAfter = self.retryAfter
+        plan.apis = self.faultApis.map { text in
+            Set(text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+        }
         return plan
     }
 
@@ -151,6 +209,10 @@ struct SimulatorCommand: AsyncParsableCommand {
             clientCertificates: certificates,
             tokenLifetime: .seconds(Int64(self.tokenLifetime)),
             limits: self.limits,
+            apiLimits: Dictionary(self.apiLimits.map { ($0.api, $0.limits) }, uniquingKeysWith: { first, _ in first }),
+            actionDuration: .nanoseconds(self.actionDuration.nanoseconds),
+            maxActions: self.maxActions,
+            allowDuplicateActions: self.allowDuplicateActions,
             retryAfterSeconds: self.retryAfter,
             faults: self.faults,
             seed: seed,
@@ -161,7 +223,10 @@ struct SimulatorCommand: AsyncParsableCommand {
             host: self.host, port: self.port, simulator: Simulator(configuration: configuration), tls: tls)
         let portFile = self.portFile
         let quiet = self.quiet
-        let limits = self.limits.isEmpty ? "none" : self.limits.map(\.spec).joined(separator: ", ")
+        var limits = self.limits.isEmpty ? "none" : self.limits.map(\.spec).joined(separator: ", ")
+        for entry in self.apiLimits {
+            limits += "; \(entry.api): " + (entry.limits.isEmpty ? "none" : entry.limits.map(\.spec).joined(separator: ", "))
+        }
 
         try await server.run { address in
             let port = address.port ?? self.port
@@ -197,6 +262,28 @@ struct SimulatorCommand: AsyncParsableCommand {
         return limit
     }
 
+    /// `NAME=SPEC[,SPEC...]` or `NAME=none`.
+    @Sendable private static func apiLimits(_ text: String) throws -> APILimits {
+        let parts = text.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+        guard parts.count == 2 else {
+            throw ValidationError("write NAME=N/duration[,N/duration...], e.g. isolate=2/1s,10/1m.")
+        }
+        let name = String(parts[0]).trimmingCharacters(in: .whitespaces)
+        guard SimulatedAPI.named(name) != nil else {
+            throw ValidationError(SimulatedAPI.unknownNameMessage(name))
+        }
+        if parts[1].trimmingCharacters(in: .whitespaces) == "none" { return APILimits(api: name, limits: []) }
+        let limits = try parts[1].split(separator: ",", omittingEmptySubsequences: false).map { spec in
+            let spec = spec.trimmingCharacters(in: .whitespaces)
+            guard let limit = Limit(spec: spec) else {
+                throw ValidationError(
+                    "'\(spec)' is not a limit: write N/duration, e.g. 5/1s, 100/1m or 1500/1h (or none).")
+            }
+            return limit
+        }
+        return APILimits(api: name, limits: limits)
+    }
+
     @Sendable private static func duration(_ text: String) throws -> Duration {
         if text == "0" { return .zero }
         guard let duration = Duration(configString: text) else {
@@ -204,6 +291,12 @@ struct SimulatorCommand: AsyncParsableCommand {
         }
         return duration
     }
+}
+
+/// One `--api-limits` value: an API's own limits (empty: unlimited).
+struct APILimits: Sendable {
+    var api: String
+    var limits: [Limit]
 }
 
 /// The port file could not be written; the message names the flag, the path and the reason.

@@ -120,9 +120,10 @@ final class SimulatorProcess: Sendable {
         return revoked
     }
 
-    /// Zeroes the counters (`POST /_sim/reset`); faults, issued tokens and seen `jti`s stay.
-    func reset() async throws {
-        let response = try await client.send("POST", "/_sim/reset")
+    /// Zeroes the counters and every API's quota (`POST /_sim/reset`); faults, issued tokens, seen
+    /// `jti`s and (unless `forgetActions`) the machine actions created so far stay.
+    func reset(forgetActions: Bool = false) async throws {
+        let response = try await client.send("POST", forgetActions ? "/_sim/reset?actions=forget" : "/_sim/reset")
         guard response.status == 200 else { throw HarnessError("POST /_sim/reset: \(response.summary)") }
     }
 
@@ -160,6 +161,53 @@ final class SimulatorProcess: Sendable {
             headers: [("Authorization", "Bearer \(bearer ?? token)")])
     }
 
+    // MARK: The machine-action family
+
+    /// One call of the simulated MDE API, straight to the simulator: `path` as sent (below the
+    /// base URL, e.g. `/api/machines/<id>/isolate`), with `bearer` (default: the fixed `token`;
+    /// "" sends no Authorization header) and, when given, `body` as JSON.
+    func call(method: String, path: String, body: JSON? = nil, bearer: String? = nil) async throws -> HTTPResponse {
+        var headers: [(name: String, value: String)] = []
+        let bearer = bearer ?? token
+        if !bearer.isEmpty { headers.append(("Authorization", "Bearer \(bearer)")) }
+        if body != nil { headers.append(("Content-Type", "application/json")) }
+        return try await client.send(method, path, headers: headers, body: body?.bytes ?? [])
+    }
+
+    /// `POST /api/machines/{machine}/{action}` (e.g. `isolate`, `runAntiVirusScan`) with `body`.
+    func machineAction(_ action: String, machine: String, body: JSON, bearer: String? = nil) async throws -> HTTPResponse {
+        try await call(method: "POST", path: "/api/machines/\(machine)/\(action)", body: body, bearer: bearer)
+    }
+
+    /// `POST /api/machines/{machine}/isolate`; answers 201 with the new MachineAction.
+    func isolate(_ machine: String, type: String = "Full", comment: String = "isolated by the test") async throws -> HTTPResponse {
+        try await machineAction("isolate", machine: machine, body: ["Comment": .string(comment), "IsolationType": .string(type)])
+    }
+
+    /// `GET /api/machineactions/{id}`.
+    func machineActionState(_ id: String) async throws -> HTTPResponse {
+        try await call(method: "GET", path: "/api/machineactions/\(id)")
+    }
+
+    /// `GET /api/machineactions` with OData `options` (e.g. `["$filter": "status eq 'Pending'",
+    /// "$top": "5"]`), percent-encoded here.
+    func listMachineActions(_ options: [(name: String, value: String)] = []) async throws -> HTTPResponse {
+        let unreserved = CharacterSet(charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+        let query = options.map { option in
+            [option.name, option.value].map { $0.addingPercentEncoding(withAllowedCharacters: unreserved) ?? $0 }
+                .joined(separator: "=")
+        }.joined(separator: "&")
+        return try await call(method: "GET", path: "/api/machineactions" + (query.isEmpty ? "" : "?" + query))
+    }
+
+    /// The ids in a listing's `value`, in order.
+    static func listedIDs(_ response: HTTPResponse) throws -> [String] {
+        guard response.status == 200, let value = try response.json()["value"]?.array else {
+            throw HarnessError("not a listing: \(response.summary)")
+        }
+        return value.compactMap { $0["id"]?.string }
+    }
+
     @discardableResult
     func stop() async -> ProcessEnd? {
         client.shutdown()
@@ -183,6 +231,10 @@ struct SimulatorStats: Decodable, Sendable, CustomStringConvertible {
     var tokenEndpoint: TokenEndpointStats
     /// Arrivals beyond a configured `--limit`.
     var violations: Int
+    /// The same counters per API name (`cancel`, `isolate`, ...); the top-level ones are their sums.
+    var byApi: [String: SimulatorAPIStats] = [:]
+    /// The machine actions the simulator holds (created by the POSTs on a machine).
+    var storedActions: Int?
     /// When each cancel arrived (the simulator's wall clock, ns since the epoch), in order.
     var arrivalTimesNs: [Int64]?
 
@@ -196,6 +248,11 @@ struct SimulatorStats: Decodable, Sendable, CustomStringConvertible {
         arrivalsById[id.lowercased()] ?? 0
     }
 
+    /// One API's counters; all zero when the simulator did not report the API.
+    func api(_ name: String) -> SimulatorAPIStats {
+        byApi[name] ?? SimulatorAPIStats()
+    }
+
     func answered(_ status: Int) -> Int {
         answered[String(status)] ?? 0
     }
@@ -203,6 +260,25 @@ struct SimulatorStats: Decodable, Sendable, CustomStringConvertible {
     var description: String {
         "arrivals \(arrivals), answered \(answered), violations \(violations), dropped \(dropped), inFlight \(inFlight), "
             + "token requests \(tokenRequests) (\(tokenEndpoint))"
+    }
+}
+
+/// One API's counters (`byApi.<name>` in `GET /_sim/stats`).
+struct SimulatorAPIStats: Decodable, Sendable, Equatable, CustomStringConvertible {
+    var arrivals = 0
+    var violations = 0
+    /// Answers by status code ("201", "429", ...).
+    var answered: [String: Int] = [:]
+    var dropped = 0
+    var inFlight = 0
+    var maxInFlight = 0
+
+    func answered(_ status: Int) -> Int {
+        answered[String(status)] ?? 0
+    }
+
+    var description: String {
+        "arrivals \(arrivals), answered \(answered), violations \(violations), dropped \(dropped), maxInFlight \(maxInFlight)"
     }
 }
 
@@ -243,6 +319,16 @@ func randomSuffix(length: Int = 8) -> String {
 /// A fresh random machine action id, in lowercase like the ones MDE hands out.
 func machineActionID() -> String {
     UUID().uuidString.lowercased()
+}
+
+/// A fresh random machine id: 40 lowercase hex digits, as MDE writes them.
+func simulatorMachineID() -> String {
+    (0..<40).map { _ in String(UInt8.random(in: 0...15), radix: 16) }.joined()
+}
+
+/// A machine id the simulator does not know (its POSTs answer 404 ResourceNotFound).
+func unknownMachineID() -> String {
+    "00000000" + simulatorMachineID().dropFirst(8)
 }
 
 /// A machine action id the simulator does not know (it answers 404 ResourceNotFound).
