@@ -4,20 +4,15 @@ import MDEGateWire
 /// Human-readable renderings of the gateway's JSON documents for `mdegate status` and
 /// `mdegate request`: aligned tables an operator can read at 3 a.m.
 public enum Rendering {
+    /// The status document for an operator, at most 80 columns wide for the usual API names:
+    /// one group of rows per API that has something to show (quota used, a queue, a pause), and
+    /// the idle APIs folded into one line per set of limits.
     public static func status(_ status: StatusDocument, now: Date = Date()) -> String {
         var lines: [String] = []
-        lines.append("QUOTA (guard \(status.guardMs) ms)")
-        lines += table(
-            ["LIMIT", "USED", "FREE", "NEXT FREE SLOT"],
-            status.limits.map { limit in
-                [
-                    limit.spec, "\(limit.used)/\(limit.calls)", "\(max(0, limit.calls - limit.used))",
-                    limit.nextFreeAt.map { relative($0, now: now) } ?? "now",
-                ]
-            })
+        lines.append("QUOTA PER API (guard \(status.guardMs) ms)")
+        lines += quota(status.apis, now: now)
         lines.append("")
-        let pause = status.pausedUntil.map { "paused until \(relative($0, now: now)) after an upstream 429" } ?? "not paused"
-        lines.append("DISPATCH  \(pause); \(status.inFlight) in flight; \(status.queue.depth) waiting")
+        lines.append("DISPATCH  \(status.inFlight) in flight; \(status.queue.depth) waiting")
         if !status.queue.clients.isEmpty {
             lines.append("")
             lines += table(["CLIENT", "QUEUED"], status.queue.clients.map { [$0.client, "\($0.depth)"] })
@@ -33,6 +28,94 @@ public enum Rendering {
         return lines.joined(separator: "\n")
     }
 
+    /// The rows of the quota: per busy API a title line (name, queue), its pause if any, and one
+    /// row per limit; then the idle APIs, one line per set of limits.
+    ///
+    ///     API / LIMIT  USED     NEXT FREE SLOT
+    ///     cancel: 3 queued
+    ///       paused for 4m05s (until 2026-11-24T04:09:12.000Z) after an upstream 429
+    ///       100/1m     100/100  in 12.3 s (2026-11-24T04:05:12.000Z)
+    ///       1500/1h    371/1500 now
+    ///     9 other APIs idle (100/1m, 1500/1h)
+    static func quota(_ apis: [StatusDocument.APIState], now: Date) -> [String] {
+        let busy = apis.filter { !isIdle($0) }
+        let idle = apis.filter(isIdle)
+        var lines: [String] = []
+        if !busy.isEmpty {
+            let rows = busy.flatMap { api in
+                api.limits.map { limit in
+                    [
+                        "  " + limit.spec, "\(limit.used)/\(limit.calls)",
+                        limit.nextFreeAt.map { relative($0, now: now) } ?? "now",
+                    ]
+                }
+            }
+            // One table, so the columns line up across APIs; each API's title goes above its rows.
+            let aligned = table(["API / LIMIT", "USED", "NEXT FREE SLOT"], rows)
+            lines.append(aligned[0])
+            var next = 1
+            for api in busy {
+                lines.append("\(api.name): \(api.queued == 0 ? "nothing" : String(api.queued)) queued")
+                if let pausedUntil = api.pausedUntil { lines += wrapped("  " + pause(pausedUntil, now: now)) }
+                lines += aligned[next..<next + api.limits.count]
+                next += api.limits.count
+            }
+        }
+        // Idle APIs with the same limits share a line; a small group of exceptions names its APIs.
+        var groups: [(specs: [String], names: [String])] = []
+        for api in idle {
+            let specs = api.limits.map(\.spec)
+            if let index = groups.firstIndex(where: { $0.specs == specs }) {
+                groups[index].names.append(api.name)
+            } else {
+                groups.append((specs, [api.name]))
+            }
+        }
+        for group in groups.sorted(by: { $0.names.count > $1.names.count }) {
+            let count = group.names.count
+            let quantity = busy.isEmpty && groups.count == 1 && count > 1 ? "all \(count)" : "\(count)"
+            let other = busy.isEmpty ? "" : " other"
+            var line = "\(quantity)\(other) API\(count == 1 ? "" : "s") idle (\(group.specs.joined(separator: ", ")))"
+            if groups.count > 1, count <= 3 { line += ": " + group.names.joined(separator: ", ") }
+            lines += wrapped(line)
+        }
+        return lines
+    }
+
+    /// "paused for 30m00s (until 2026-11-24T04:35:12.000Z) after an upstream 429".
+    static func pause(_ iso: String, now: Date) -> String {
+        guard let date = try? Date(iso, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)),
+            date > now
+        else { return "paused until \(iso) after an upstream 429" }
+        return "paused for \(duration(date.timeIntervalSince(now))) (until \(iso)) after an upstream 429"
+    }
+
+    /// Nothing spent in any window, nothing queued, not paused.
+    static func isIdle(_ api: StatusDocument.APIState) -> Bool {
+        api.queued == 0 && api.pausedUntil == nil && api.limits.allSatisfy { $0.used == 0 }
+    }
+
+    /// `text` broken at spaces into lines of at most `width` columns (a longer word keeps its own
+    /// line); the first line keeps `text`'s leading spaces, the others get two more.
+    static func wrapped(_ text: String, width: Int = 80) -> [String] {
+        let lead = String(text.prefix { $0 == " " })
+        let indent = lead + "    "
+        var lines: [String] = []
+        var current = ""
+        for word in text.split(separator: " ") {
+            if current.isEmpty {
+                current = (lines.isEmpty ? lead : indent) + word
+            } else if current.count + 1 + word.count > width {
+                lines.append(current)
+                current = indent + word
+            } else {
+                current += " " + word
+            }
+        }
+        lines.append(current)
+        return lines
+    }
+
     public static func record(_ record: JSONValue, now: Date = Date()) -> String {
         func text(_ key: String) -> String {
             switch record[key] {
@@ -43,11 +126,18 @@ public enum Rendering {
             default: return "-"
             }
         }
-        var rows: [[String]] = [
-            ["request", text("id")],
-            ["machine action", text("machineActionId")],
-            ["state", text("state")],
-        ]
+        var rows: [[String]] = [["request", text("id")], ["api", text("api")]]
+        // The target under the name of what it is: a machine action, a machine, or nothing (the listing).
+        if record["machineActionId"]?.stringValue != nil {
+            rows.append(["machine action", text("machineActionId")])
+        } else if let target = record["target"]?.stringValue, !target.isEmpty {
+            rows.append(["machine", target])
+        }
+        if case .object(let options) = record["options"], !options.isEmpty {
+            let text = options.sorted { $0.key < $1.key }.map { "\($0.key)=\(JSONValue.text($0.value))" }
+            rows.append(["options", text.joined(separator: ", ")])
+        }
+        rows.append(["state", text("state")])
         if record["position"] != nil {
             rows.append(["position", text("position")])
             rows.append(["estimated dispatch", relative(text("estimatedDispatchAt"), now: now)])
@@ -78,14 +168,23 @@ public enum Rendering {
         return table(["FIELD", "VALUE"], rows).joined(separator: "\n")
     }
 
-    /// "in 12.3 s (2026-11-24T04:05:12.000Z)" for a future ISO time, the time alone otherwise.
+    /// "in 12.3 s (2026-11-24T04:05:12.000Z)" for a future ISO time ("in 4m05s", "in 1h02m" when
+    /// farther), the time alone otherwise.
     static func relative(_ iso: String, now: Date) -> String {
         guard let date = try? Date(iso, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)) else {
             return iso
         }
         let seconds = date.timeIntervalSince(now)
         guard seconds > 0 else { return iso }
-        return String(format: "in %.1f s (%@)", seconds, iso)
+        return "in \(duration(seconds)) (\(iso))"
+    }
+
+    /// "12.3 s" under two minutes, "4m05s" under two hours, "3h02m" beyond.
+    static func duration(_ seconds: Double) -> String {
+        if seconds < 120 { return String(format: "%.1f s", seconds) }
+        let whole = Int(seconds.rounded(.up))
+        if whole < 7200 { return String(format: "%dm%02ds", whole / 60, whole % 60) }
+        return String(format: "%dh%02dm", whole / 3600, (whole % 3600) / 60)
     }
 
     static func table(_ header: [String], _ rows: [[String]]) -> [String] {

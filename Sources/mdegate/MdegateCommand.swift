@@ -20,14 +20,30 @@ struct Mdegate: AsyncParsableCommand {
         commandName: "mdegate",
         abstract: "A local gateway that spends a Microsoft Defender for Endpoint API quota exactly.",
         discussion: """
+            The machine-action commands send Microsoft's call through the gateway, which spends each \
+            API's quota exactly and queues what does not fit; by default they wait for the upstream's \
+            answer and print it as JSON. With --async they return at once with 202 and the request \
+            record; with --wait N, after N seconds at most.
+
             Exit codes: 0 success (a 2xx answer), 1 the gateway answered with an error, 3 the gateway \
-            could not be reached, 64 bad usage.
+            could not be reached, 64 bad usage (checked before the gateway is called).
             """,
-        subcommands: [Serve.self, Cancel.self, Status.self, Request.self, CheckConfig.self])
+        groupedSubcommands: [
+            CommandGroup(
+                name: "Machine actions",
+                subcommands: [
+                    Cancel.self, Isolate.self, Unisolate.self, Scan.self, Collect.self, Restrict.self, Unrestrict.self,
+                    Quarantine.self, Action.self, Actions.self,
+                ]),
+            CommandGroup(name: "Gateway", subcommands: [Status.self, Request.self, Serve.self, CheckConfig.self]),
+        ])
 }
 
 struct SocketOption: ParsableArguments {
-    @Option(name: .long, help: "The gateway's Unix socket (default: $MDEGATE_SOCKET, else /run/mdegate/mdegate.sock).")
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The gateway's Unix socket (default: $MDEGATE_SOCKET, else /run/mdegate/mdegate.sock).", valueName: "path"))
     var socket: String?
 
     var path: String { GatewayClient.socketPath(option: socket) }
@@ -49,49 +65,9 @@ struct Serve: AsyncParsableCommand {
     }
 }
 
-struct Cancel: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Cancel a machine action through the gateway and print the JSON answer.")
-
-    @Argument(help: "The machine action id (a GUID).")
-    var id: String
-
-    @Option(name: .long, help: "Why the action is cancelled (sent upstream as Comment).")
-    var comment: String
-
-    @Flag(name: .long, help: "Return at once with 202 and the request record (Prefer: respond-async).")
-    var async = false
-
-    @Option(name: .long, help: "Wait at most this many seconds, then return 202 and keep the request (Prefer: wait=N).")
-    var wait: Double?
-
-    @Option(name: .long, help: "A client name, to tell several tools of one user apart (Mdegate-Client).")
-    var client: String?
-
-    @OptionGroup var socket: SocketOption
-
-    func validate() throws {
-        if let wait, !(wait >= 0) { throw ValidationError("--wait must be a number of seconds, 0 or more") }
-    }
-
-    func run() async throws {
-        var headers: [(name: String, value: String)] = [("Content-Type", "application/json")]
-        if async {
-            headers.append(("Prefer", "respond-async"))
-        } else if let wait {
-            headers.append(("Prefer", "wait=\(wait)"))
-        }
-        if let client { headers.append(("Mdegate-Client", client)) }
-        let body = JSON.encode(["Comment": comment])
-        let path = "/api/machineactions/\(id.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(["/"])) ?? id)/cancel"
-        let response = try await call(socket.path) { try await $0.send("POST", path, headers: headers, body: body) }
-        try printAnswer(response)
-    }
-}
-
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show quota use, the next free slots, the queue per client, and upstream and token state.")
+        abstract: "Show each API's quota use, next free slots, pause and queue, the queue per client, and upstream and token state.")
 
     @Flag(name: .long, help: "Print the JSON status document.")
     var json = false
@@ -99,7 +75,7 @@ struct Status: AsyncParsableCommand {
     @OptionGroup var socket: SocketOption
 
     func run() async throws {
-        let response = try await call(socket.path) { try await $0.send("GET", "/v1/status") }
+        let response = try await withGateway(socket.path) { try await $0.send("GET", "/v1/status") }
         guard !json, response.status == 200,
             let status = try? JSON.decoder.decode(StatusDocument.self, from: Data(response.body))
         else { return try printAnswer(response) }
@@ -108,7 +84,8 @@ struct Status: AsyncParsableCommand {
 }
 
 struct Request: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show a request record.")
+    static let configuration = CommandConfiguration(
+        abstract: "Show a request record: the API, its target and options, the comment, the state and the upstream's answer.")
 
     @Argument(help: "The request id (Mdegate-Request-Id).")
     var id: String
@@ -119,8 +96,8 @@ struct Request: AsyncParsableCommand {
     @OptionGroup var socket: SocketOption
 
     func run() async throws {
-        let path = "/v1/requests/\(id.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(["-"])) ?? id)"
-        let response = try await call(socket.path) { try await $0.send("GET", path) }
+        let path = "/v1/requests/\(GatewayClient.encodedSegment(id))"
+        let response = try await withGateway(socket.path) { try await $0.send("GET", path) }
         guard !json, response.status == 200 else { return try printAnswer(response) }
         print(Rendering.record(JSONValue(parsingOrQuoting: response.body)))
     }
@@ -167,7 +144,7 @@ struct CheckConfig: AsyncParsableCommand {
 }
 
 /// Runs one call against the gateway; a gateway that cannot be reached exits with 3.
-func call(_ socketPath: String, _ body: (GatewayClient) async throws -> HTTPResponse) async throws -> HTTPResponse {
+func withGateway(_ socketPath: String, _ body: (GatewayClient) async throws -> HTTPResponse) async throws -> HTTPResponse {
     do {
         let client = try GatewayClient(socketPath: socketPath)
         defer { client.shutdown() }

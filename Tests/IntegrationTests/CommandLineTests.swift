@@ -26,11 +26,12 @@ struct CommandLineTests {
         }
     }
 
-    @Test("mdegate cancel exits 1 on input the gateway refuses")
+    @Test("mdegate cancel exits 1 on input the gateway refuses (a comment over 1,000 characters), and prints the refusal")
     func cancelRefused() async throws {
         try await withRig { rig in
-            let result = try await rig.gateway.cli(["cancel", "not-a-guid", "--comment", "x"])
+            let result = try await rig.gateway.cli(["cancel", machineActionID(), "--comment", String(repeating: "x", count: 1001)])
             #expect(result.exitCode == 1, "\(result)")
+            #expect(try JSON(parsing: result.stdout)["error"]?["code"]?.string == "InvalidRequestBody", "\(result)")
             #expect(try await rig.simulator.stats().arrivals == 0)
         }
     }
@@ -99,19 +100,22 @@ struct CommandLineTests {
         }
     }
 
-    @Test("mdegate status shows the limits as a table, and --json prints the status document")
+    @Test("mdegate status on an idle gateway folds every API into one line with the limits; --json prints the status document")
     func status() async throws {
         try await withRig { rig in
             let table = try await rig.gateway.cli(["status"])
             #expect(table.exitCode == 0, "\(table)")
-            #expect(table.stdout.contains("5/1s"), "\(table)")
-            #expect(table.stdout.contains("12/4s"), "\(table)")
+            #expect(table.stdout.contains("APIs idle (5/1s, 12/4s)"), "\(table)")
+            #expect(!table.stdout.contains("cancel:"), "an idle API gets no rows of its own: \(table)")
 
             let json = try await rig.gateway.cli(["status", "--json"])
             #expect(json.exitCode == 0, "\(json)")
             let document = try JSON(parsing: json.stdout)
             #expect(document["limits"]?.array?.count == 2, "\(json)")
             #expect(document["queue"]?["depth"]?.int == 0)
+            let names = document["apis"]?.array?.compactMap { $0["name"]?.string } ?? []
+            #expect(names.first == "cancel" && names.contains("isolate"), "\(json)")
+            #expect(table.stdout.contains("all \(names.count) APIs idle"), "\(table)")
         }
     }
 
