@@ -5,6 +5,8 @@ import Synchronization
 /// The settings a test gives its gateway; defaults are small and fast.
 struct GatewayOptions: Sendable {
     var limits = ["5/1s", "12/4s"]
+    /// `quota.apis`: limits of single APIs, by name.
+    var apiLimits: [String: [String]] = [:]
     var guardBand = "30ms"
     var maxAttempts = 4
     var initialBackoff = "50ms"
@@ -48,6 +50,13 @@ struct GatewayOptions: Sendable {
         }
     }
 
+    private var apiLimitsYAML: String {
+        guard !apiLimits.isEmpty else { return "" }
+        return "  apis:\n" + apiLimits.sorted { $0.key < $1.key }.map { name, specs in
+            "    \(name): [\(specs.map { "\"\($0)\"" }.joined(separator: ", "))]"
+        }.joined(separator: "\n")
+    }
+
     /// The configuration file for a gateway in `directory` in front of the upstream at `baseURL`.
     func yaml(directory: TemporaryDirectory, upstream baseURL: String) -> String {
         """
@@ -68,6 +77,7 @@ struct GatewayOptions: Sendable {
         quota:
           limits: [\(limits.map { "\"\($0)\"" }.joined(separator: ", "))]
           guard: \(guardBand)
+        \(apiLimitsYAML)
         retry:
           max_attempts: \(maxAttempts)
           initial_backoff: \(initialBackoff)
