@@ -241,6 +241,14 @@ struct SimulatorStats: Decodable, Sendable {
     /// Added for the benchmark; nil with an older simulator.
     var arrivalTimesNs: [Int64]?
     var tokenRequests: Int?
+    /// Per upstream API; nil with a simulator that knows only cancel.
+    var byApi: [String: APIStats]?
+
+    struct APIStats: Decodable, Sendable {
+        var arrivals: Int
+        var violations: Int
+        var arrivalTimesNs: [Int64]?
+    }
 }
 
 /// A running daemon with its own configuration file, socket and state file.

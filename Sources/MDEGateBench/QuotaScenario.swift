@@ -21,6 +21,10 @@ struct QuotaScenario: Sendable {
     var probeLedger = false
     /// Where to write each arrival with its ideal instant and lag, for analysis.
     var arrivalsCSV: String?
+    /// The upstream APIs to burst on at once, `requests` calls each, all with the same limits.
+    /// One API reports as before; several report utilization and lag per API (keys prefixed
+    /// with the API's name) and the violations of every API.
+    var apis: [BenchAPI] = [.cancel]
 
     /// What one synchronous caller saw.
     private struct Call: Sendable {
@@ -34,7 +38,7 @@ struct QuotaScenario: Sendable {
         let limitsText = limits.map(\.spec).joined(separator: " + ")
         var report = Report(
             scenario: name,
-            title: "\(name): \(requests) synchronous cancels at once, limits \(limitsText), guard \(guardBand.configString), "
+            title: "\(name): \(requests) synchronous \(apis == [.cancel] ? "cancels" : "calls on each of \(apis.map(\.rawValue).joined(separator: ", "))") at once, limits \(limitsText), guard \(guardBand.configString), "
                 + "\(clients) client name(s), upstream.max_concurrency \(maxConcurrency), "
                 + "upstream delay \(upstreamDelay.map(\.configString) ?? "none"), \(buildConfiguration) build")
         report.set("requests", .int(requests))
@@ -44,7 +48,7 @@ struct QuotaScenario: Sendable {
 
         let simulator = try lab.startSimulator(limits: limits, delay: upstreamDelay)
         let daemon = try lab.startDaemon(
-            .init(limits: limits, guardBand: guardBand, maxConcurrency: maxConcurrency, maxPending: max(100_000, requests + 10)),
+            .init(limits: limits, guardBand: guardBand, maxConcurrency: maxConcurrency, maxPending: max(100_000, requests * apis.count + 10)),
             simulator: simulator)
         try simulator.reset(timeoutSeconds: 10)
 
@@ -66,7 +70,8 @@ struct QuotaScenario: Sendable {
 
     /// Connects every caller first, then releases them together.
     private func fire(at endpoint: Endpoint, timeoutSeconds: Double) async throws -> [Call] {
-        let count = requests
+        let count = requests * apis.count
+        let apis = apis
         let clients = clients
         let results = Shared<[Call]>(Array(repeating: Call(), count: count))
         let connected = DispatchGroup()
@@ -89,10 +94,10 @@ struct QuotaScenario: Sendable {
                 if let connection {
                     var headers: [(name: String, value: String)] = [("Content-Type", "application/json")]
                     if clients > 1 { headers.append(("Mdegate-Client", "bench-\(index % clients)")) }
-                    let path = "/api/machineactions/\(machineActionID(index, tag: tag))/cancel"
+                    let request = apis[index % apis.count].request(index, tag: tag)
                     call.sentWall = Now.wall()
                     do {
-                        call.status = try connection.send("POST", path, headers: headers, body: cancelBody).status
+                        call.status = try connection.send(request.method, request.path, headers: headers, body: request.body).status
                     } catch {
                         call.error = "\(error)"
                     }
@@ -128,10 +133,31 @@ struct QuotaScenario: Sendable {
         report.info("first send to last answer", seconds(total), key: "total_s", round4(total))
         report.info("upstream arrivals", "\(stats.arrivals) (max \(stats.maxInFlight) in flight)", key: "arrivals", .int(stats.arrivals))
 
-        guard let arrivals = stats.arrivalTimesNs, let first = arrivals.first, let last = arrivals.last else {
+        guard apis.count > 1 else {
+            analyse(arrivals: stats.arrivalTimesNs, recorded: recorded, label: "", key: "", into: &report)
+            if stats.arrivals != requests {
+                report.note("\(stats.arrivals) upstream arrivals for \(requests) requests (retries or resends)")
+            }
+            return
+        }
+        for api in apis {
+            let counters = stats.byApi?[api.rawValue]
+            report.target(
+                "\(api.rawValue): simulator limit violations", "\(counters?.violations ?? -1)", target: "0",
+                met: counters?.violations == 0, key: "\(api.rawValue)_violations", .int(counters?.violations ?? -1))
+            analyse(arrivals: counters?.arrivalTimesNs, recorded: [:], label: "\(api.rawValue): ", key: "\(api.rawValue)_", into: &report)
+        }
+    }
+
+    /// Utilization and dispatch lag of one API's arrivals (`label` and `key` name it when
+    /// several APIs ran at once).
+    private func analyse(
+        arrivals: [Int64]?, recorded: [Int: Int64], label: String, key: String, into report: inout Report
+    ) {
+        guard let arrivals, let first = arrivals.first, let last = arrivals.last else {
             report.note("the simulator reported no arrival times (an older mde-simulator without arrivalTimesNs?)")
-            report.target("utilization (optimal / actual span)", "n/a", target: "≥ \(utilizationTarget)", met: nil,
-                          key: "utilization", .null)
+            report.target("\(label)utilization (optimal / actual span)", "n/a", target: "≥ \(utilizationTarget)", met: nil,
+                          key: "\(key)utilization", .null)
             return
         }
 
@@ -140,16 +166,16 @@ struct QuotaScenario: Sendable {
         let projection = Ledger(limits: limits, guardBand: guardBand)
             .projectedSlots(count: requests, notBefore: Timestamp(nanosecondsSinceEpoch: first))
         let optimal = Double(projection.last!.nanosecondsSinceEpoch - projection.first!.nanosecondsSinceEpoch) / 1e9
-        report.info("upstream arrival span (first→last)", seconds(span), key: "arrival_span_s", round4(span))
-        report.info("optimal span for \(requests) (ledger)", seconds(optimal), key: "optimal_span_s", round4(optimal))
+        report.info("\(label)upstream arrival span (first→last)", seconds(span), key: "\(key)arrival_span_s", round4(span))
+        report.info("\(label)optimal span for \(requests) (ledger)", seconds(optimal), key: "\(key)optimal_span_s", round4(optimal))
         if optimal > 0, span > 0 {
             let utilization = optimal / span
             report.target(
-                "utilization (optimal / actual span)", String(format: "%.4f", utilization),
+                "\(label)utilization (optimal / actual span)", String(format: "%.4f", utilization),
                 target: "≥ \(utilizationTarget) (\(targetContext))", met: utilization >= utilizationTarget,
-                key: "utilization", round4(utilization))
+                key: "\(key)utilization", round4(utilization))
         } else {
-            report.info("utilization (optimal / actual span)", "n/a: all requests fit in the first slot")
+            report.info("\(label)utilization (optimal / actual span)", "n/a: all requests fit in the first slot")
         }
 
         // Dispatch lag: each arrival against the earliest instant the rule allowed given all the
@@ -183,7 +209,7 @@ struct QuotaScenario: Sendable {
             isSlotBound.append(slot > first)
             csv += "\(index),\(arrival),\(ideal),\(lag),\(slot > first),\(freedBy.map(String.init) ?? ""),\(recorded[index].map(String.init) ?? "")\n"
         }
-        if let arrivalsCSV {
+        if let arrivalsCSV, key.isEmpty {
             do {
                 try csv.write(toFile: arrivalsCSV, atomically: true, encoding: .utf8)
             } catch {
@@ -193,32 +219,30 @@ struct QuotaScenario: Sendable {
         let bound = Sample(slotBound)
         let every = Sample(all)
         let steadySample = Sample(steady)
-        report.info("initial batch spread (no slot wait)", ms(Double(initialBatchEnd - first) / 1e6),
-                    key: "initial_batch_spread_ms", round4(Double(initialBatchEnd - first) / 1e6))
+        report.info("\(label)initial batch spread (no slot wait)", ms(Double(initialBatchEnd - first) / 1e6),
+                    key: "\(key)initial_batch_spread_ms", round4(Double(initialBatchEnd - first) / 1e6))
         if bound.isEmpty {
-            report.info("dispatch lag (slot-bound arrivals)", "n/a: no arrival waited for a slot")
+            report.info("\(label)dispatch lag (slot-bound arrivals)", "n/a: no arrival waited for a slot")
         } else {
-            report.info("dispatch lag, slot-bound: count", "\(bound.count)", key: "lag_count", .int(bound.count))
-            report.info("dispatch lag, slot-bound: p50", ms(bound.p50), key: "lag_p50_ms", round4(bound.p50))
-            report.target("dispatch lag, slot-bound: p99", ms(bound.p99), target: "≤ 2 ms", met: bound.p99 <= 2,
-                          key: "lag_p99_ms", round4(bound.p99))
-            report.info("dispatch lag, slot-bound: min / max", "\(ms(bound.min)) / \(ms(bound.max))",
-                        key: "lag_max_ms", round4(bound.max))
+            report.info("\(label)dispatch lag, slot-bound: count", "\(bound.count)", key: "\(key)lag_count", .int(bound.count))
+            report.info("\(label)dispatch lag, slot-bound: p50", ms(bound.p50), key: "\(key)lag_p50_ms", round4(bound.p50))
+            report.target("\(label)dispatch lag, slot-bound: p99", ms(bound.p99), target: "≤ 2 ms", met: bound.p99 <= 2,
+                          key: "\(key)lag_p99_ms", round4(bound.p99))
+            report.info("\(label)dispatch lag, slot-bound: min / max", "\(ms(bound.min)) / \(ms(bound.max))",
+                        key: "\(key)lag_max_ms", round4(bound.max))
         }
         if !steadySample.isEmpty {
             report.info(
                 "  of which freed by a slot-bound arrival (\(steadySample.count)): p50 / p99 / max",
                 "\(ms(steadySample.p50)) / \(ms(steadySample.p99)) / \(ms(steadySample.max))",
-                key: "lag_steady_p99_ms", round4(steadySample.p99))
+                key: "\(key)lag_steady_p99_ms", round4(steadySample.p99))
         }
-        report.info("lag over all arrivals: p50 / p99 / max", "\(ms(every.p50)) / \(ms(every.p99)) / \(ms(every.max))",
-                    key: "lag_all_p99_ms", round4(every.p99))
+        report.info("\(label)lag over all arrivals: p50 / p99 / max", "\(ms(every.p50)) / \(ms(every.p99)) / \(ms(every.max))",
+                    key: "\(key)lag_all_p99_ms", round4(every.p99))
+        guard key.isEmpty else { return }
         report.note(
             "lag is measured where requests arrive (the simulator, CLOCK_REALTIME), against the rule applied to the "
                 + "actual earlier arrivals; it includes this request's loopback TCP + libcurl + NIO time minus that "
                 + "of the arrival whose slot it took, so it can be slightly negative.")
-        if stats.arrivals != requests {
-            report.note("\(stats.arrivals) upstream arrivals for \(requests) requests (retries or resends)")
-        }
     }
 }

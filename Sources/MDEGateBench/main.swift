@@ -124,10 +124,21 @@ struct QuotaOptions: ParsableArguments {
     @Option(help: "Write every upstream arrival with its ideal instant and lag to this CSV file.")
     var arrivalsCsv: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "Burst on these upstream APIs at once, --requests calls each, comma-separated (default: cancel). Each API's utilization, lag and violations are reported.",
+            valueName: "api,api"),
+        transform: QuotaOptions.apis)
+    var apis: [BenchAPI] = [.cancel]
+
     func validate() throws {
         if let requests, !(1...10_000).contains(requests) {
             throw ValidationError("--requests must be 1...10000 (one thread and connection each)")
         }
+        if let requests, requests * apis.count > 10_000 {
+            throw ValidationError("--requests × the number of --apis must be at most 10000 (one thread and connection each)")
+        }
+        guard !apis.isEmpty, Set(apis).count == apis.count else { throw ValidationError("--apis must name each API once") }
         guard clients >= 1 else { throw ValidationError("--clients must be at least 1") }
         guard maxConcurrency >= 1 else { throw ValidationError("--max-concurrency must be at least 1") }
     }
@@ -138,6 +149,15 @@ struct QuotaOptions: ParsableArguments {
         return try specs.map { spec in
             guard let limit = Limit(spec: spec) else { throw ValidationError("'\(spec)' is not a limit N/duration such as 5/1s") }
             return limit
+        }
+    }
+
+    static func apis(_ text: String) throws -> [BenchAPI] {
+        try text.split(separator: ",").map { name in
+            guard let api = BenchAPI(rawValue: name.trimmingCharacters(in: .whitespaces)) else {
+                throw ValidationError("'\(name)' is not an API; write one of \(BenchAPI.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return api
         }
     }
 
@@ -156,7 +176,8 @@ struct QuotaOptions: ParsableArguments {
             name: name, requests: requests ?? defaultRequests,
             limits: limits ?? defaultLimits.split(separator: ",").map { Limit(spec: String($0))! },
             guardBand: guardBand ?? defaultGuard, clients: clients, maxConcurrency: maxConcurrency,
-            utilizationTarget: utilizationTarget, targetContext: targetContext, upstreamDelay: upstreamDelay, probeLedger: probeLedger, arrivalsCSV: arrivalsCsv)
+            utilizationTarget: utilizationTarget, targetContext: targetContext, upstreamDelay: upstreamDelay, probeLedger: probeLedger,
+            arrivalsCSV: arrivalsCsv, apis: apis)
     }
 }
 

@@ -136,6 +136,8 @@ final class Simulator: Sendable {
         var dropped = 0
         var inFlight = 0
         var maxInFlight = 0
+        /// When each of this API's calls arrived (wall clock, ns), in order; bounded like the total.
+        var arrivalTimesNs: [Int64] = []
     }
 
     /// What the token endpoint did; `granted + refused + outages == tokenRequests`.
@@ -290,7 +292,9 @@ final class Simulator: Sendable {
             state.counters.arrivals += 1
             state.counters.byApi[api.name, default: APICounters()].arrivals += 1
             if state.counters.arrivalTimesNs.count < Self.maxRecordedArrivalTimes {
-                state.counters.arrivalTimesNs.append(Self.wallClockNanoseconds())
+                let wall = Self.wallClockNanoseconds()
+                state.counters.arrivalTimesNs.append(wall)
+                state.counters.byApi[api.name]!.arrivalTimesNs.append(wall)
             }
             if let key { state.counters.arrivalsById[key, default: 0] += 1 }
             let attempt = state.attempts[attemptKey, default: 0] + 1
