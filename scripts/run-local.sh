@@ -31,6 +31,8 @@ cat <<MSG
       -d '{"Comment":"isolated by mistake"}'
 
     $bin/mdegate cancel 988cc94e-7a8f-4b28-ab65-54970c5d5018 --comment "isolated by mistake" --socket run/mdegate.sock
+    $bin/mdegate isolate 1e5bc9d7e413ddd7902c2932e418702b84d0cc07 --comment "ransomware" --socket run/mdegate.sock
+    $bin/mdegate actions --filter "type eq 'Isolate'" --socket run/mdegate.sock
     $bin/mdegate status --socket run/mdegate.sock
 
   Ctrl-C stops the gateway and the simulator.
