@@ -104,6 +104,24 @@ struct ActionRouteTests {
         #expect(error.error.code == code, "\(error.error.message)")
         #expect(upstream.arrivals.isEmpty)
         #expect(await gateway.records.isEmpty, "nothing became a request")
+        #expect(await gateway.status().apis.allSatisfy { $0.limits.allSatisfy { $0.used == 0 } }, "no quota spent")
+    }
+
+    @Test("two identical isolates waiting together get one upstream call and the same answer, the second marked Mdegate-Coalesced")
+    func coalescedAnswers() async throws {
+        let store = InMemoryStore()
+        // isolate's one slot a second is taken: both requests wait for the next.
+        try await store.apply([.attempt(.isolate, Gateway.wallClock())])
+        let (_, api, upstream) = try await Self.gateway([Limit(calls: 1, window: .seconds(1))], store: store)
+        let isolate = Self.request(
+            "POST", "/api/machines/\(Self.machine)/isolate", body: #"{"Comment":"c","IsolationType":"Full"}"#)
+        async let first = api.handle(isolate)
+        async let second = api.handle(isolate)
+        let answers = await [first, second]
+        #expect(answers.map(\.status) == [201, 201])
+        #expect(answers.filter { $0.headers.contains { $0.name == "Mdegate-Coalesced" && $0.value == "true" } }.count == 1)
+        #expect(answers[0].body == answers[1].body)
+        #expect(upstream.arrivals.count == 1)
     }
 
     @Test("a method a route does not take gets 405 with Allow; an unknown action on a machine gets 404")
