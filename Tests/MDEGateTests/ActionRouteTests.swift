@@ -198,6 +198,8 @@ struct ActionRouteTests {
         #expect(status.apis.first { $0.name == "isolate" }?.pausedUntil != nil)
         #expect(status.apis.first { $0.name == "cancel" }?.pausedUntil == nil)
         #expect(status.pausedUntil == nil, "the top-level pause is cancel's")
+        #expect(status.systemdStatus.contains("; isolate 1 of 100/1m; isolate paused after a 429 until "), "\(status.systemdStatus)")
+        #expect(status.systemdStatus.contains("quota used 1 of 100/1m"), "cancel's use leads the line")
         #expect(try await store.load().pauses.keys.map(\.name) == ["isolate"])
     }
 

@@ -173,13 +173,20 @@ public struct SystemdHeartbeat: Service {
 }
 
 extension StatusDocument {
-    /// One line for `systemctl status`: queue, attempts in flight, and how much of each limit is
-    /// spent, e.g. `queue 12 (3 clients), 2 in flight, quota used 37 of 100/1m, 120 of 1500/1h`.
+    /// One line for `systemctl status`: queue, attempts in flight, how much of each limit is
+    /// spent, and pauses, e.g. `queue 12 (3 clients), 2 in flight, quota used 37 of 100/1m, 120 of
+    /// 1500/1h; isolate 5 of 100/1m, 5 of 1500/1h; run_antivirus_scan paused after a 429 until …`.
+    /// `cancel`'s use always shows; other APIs only once they spent something.
     public var systemdStatus: String {
         let clients = queue.clients.count == 1 ? "1 client" : "\(queue.clients.count) clients"
-        let quota = limits.map { "\($0.used) of \($0.spec)" }.joined(separator: ", ")
-        var line = "queue \(queue.depth) (\(clients)), \(inFlight) in flight, quota used \(quota)"
-        if let pausedUntil { line += "; paused after a 429 until \(pausedUntil)" }
+        func used(_ limits: [LimitState]) -> String { limits.map { "\($0.used) of \($0.spec)" }.joined(separator: ", ") }
+        var line = "queue \(queue.depth) (\(clients)), \(inFlight) in flight, quota used \(used(limits))"
+        for api in apis where api.name != "cancel" && api.limits.contains(where: { $0.used > 0 }) {
+            line += "; \(api.name) \(used(api.limits))"
+        }
+        for api in apis {
+            if let pausedUntil = api.pausedUntil { line += "; \(api.name) paused after a 429 until \(pausedUntil)" }
+        }
         return line
     }
 }

@@ -118,7 +118,7 @@ extension Gateway {
                 resumeWaiters(of: member)
             }
             logger.info(
-                "cancel finished",
+                "request finished",
                 metadata: [
                     "request": "\(dispatch.job)", "api": "\(dispatch.api)", "target": "\(dispatch.target)",
                     "status": "\(answer.map { String($0.status) } ?? "no answer")", "attempts": "\(attempts)",

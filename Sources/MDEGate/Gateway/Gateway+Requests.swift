@@ -143,13 +143,15 @@ extension Gateway {
                 pausedUntil: scheduler.pausedUntil(api).flatMap { $0 > time ? JSON.timestamp($0) : nil },
                 queued: scheduler.queuedJobs(api))
         }
+        // The top-level fields are cancel's, as they were before there were several APIs.
+        let cancel = apis.first { $0.name == UpstreamAPI.cancel.name }
         return StatusDocument(
-            limits: apis[0].limits,
+            limits: cancel?.limits ?? [],
             guardMs: Int(settings.guardBand.nanoseconds / 1_000_000),
             queue: .init(
                 depth: scheduler.queuedRequests,
                 clients: scheduler.depthByClient().map { .init(client: $0.client.description, depth: $0.depth) }),
-            pausedUntil: apis[0].pausedUntil,
+            pausedUntil: cancel?.pausedUntil,
             inFlight: scheduler.inFlight,
             apis: apis,
             upstream: .init(baseUrl: upstream.baseURL, lastStatus: lastUpstreamStatus, lastError: lastUpstreamError),
