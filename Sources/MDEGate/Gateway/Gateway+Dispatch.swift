@@ -120,7 +120,8 @@ extension Gateway {
             logger.info(
                 "request finished",
                 metadata: [
-                    "request": "\(dispatch.job)", "api": "\(dispatch.api)", "target": "\(dispatch.target)",
+                    "request": "\(dispatch.job)", "api": "\(dispatch.api)",
+                    "target": "\(finishedMembers.lazy.compactMap { self.records[$0]?.call.target }.first ?? "-")",
                     "status": "\(answer.map { String($0.status) } ?? "no answer")", "attempts": "\(attempts)",
                     "requests": "\(finishedMembers.count)",
                 ].merging(failure.map { ["error": "\($0)"] } ?? [:]) { $1 })
