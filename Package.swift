@@ -27,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         // libcurl from Debian, with typed wrappers for its variadic calls.
@@ -61,6 +62,15 @@ let package = Package(
         // The local API's documents (status, request record, errors) and the one JSON setup:
         // shared by the daemon, the command line client and the tests.
         .target(name: "MDEGateWire", dependencies: ["MDEGateCore"]),
+        // The ledger several hosts share, in PostgreSQL (shared_quota): schema and slot decisions.
+        .target(
+            name: "MDEGateSharedQuota",
+            dependencies: [
+                "MDEGateCore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // The command line's client of a running gateway, and its human-readable renderings.
         .target(name: "MDEGateClient", dependencies: ["MDEGateWire", "MDEGateTransport"]),
         // The daemon: gateway, store, Unix socket server, token sources, systemd glue.
@@ -136,6 +146,9 @@ let package = Package(
                 "MDEGateTransport",
                 "MDEGateCore",
                 "MDEGateWire",
+                // The shared quota's tests start a throwaway PostgreSQL server.
+                "MDEGateSharedQuota",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 // For the loopback CONNECT proxy the proxy tests put between gateway and simulator.
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -6,6 +6,11 @@
 set -euo pipefail
 
 packages=(libcurl4-openssl-dev libsqlite3-dev pkg-config curl openssl)
+# --tests: also Debian's PostgreSQL server, which the shared-quota tests start a throwaway
+# instance of (initdb + pg_ctl in a temporary directory; no system service is used).
+if [ "${1:-}" = "--tests" ]; then
+    packages+=(postgresql)
+fi
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

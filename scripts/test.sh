@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/install-deps.sh
+scripts/install-deps.sh --tests
 # The integration tests start the mdegate and mde-simulator binaries: build them first.
 swift build
 swift test "$@"

@@ -230,7 +230,9 @@ struct SimulatorActionTests {
 
     @Test("a created action goes Pending, InProgress, Succeeded on reads; a finished one cannot be cancelled and no longer blocks a new one")
     func stateMachine() async throws {
-        try await withActionSimulator(["--action-duration", "2s"]) { simulator in
+        // InProgress lasts 4 s: wide enough that a test starved for a moment (a busy suite on 2
+        // cores) still sees it, and the second isolate still finds the first one active.
+        try await withActionSimulator(["--action-duration", "8s"]) { simulator in
             let machine = simulatorMachineID()
             let created = try await simulator.isolate(machine)
             #expect(created.status == 201, "\(created.summary)")
@@ -242,7 +244,7 @@ struct SimulatorActionTests {
             let started = try await eventually("the action to leave Pending", { try await simulator.machineActionState(id).json() }) {
                 $0["status"]?.string != "Pending"
             }
-            #expect(started["status"]?.string == "InProgress", "a 2s action is InProgress for a second: \(started)")
+            #expect(started["status"]?.string == "InProgress", "an 8s action is InProgress for 4 s: \(started)")
             let startedAt = try #require(started["lastUpdateDateTimeUtc"]?.string)
             #expect(startedAt > creation, "\(started)")
             #expect(started["creationDateTimeUtc"]?.string == creation, "\(started)")
