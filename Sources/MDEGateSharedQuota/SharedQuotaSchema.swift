@@ -46,7 +46,9 @@ public enum SharedQuotaSchema {
                 // inside, that limit frees a slot when the (k - N + 1)-th oldest of them leaves,
                 // at its time + W + guard. One call: lock the key and API, read the clock, count,
                 // insert only if every limit (and the pause) allows, else say how long to wait.
-                // Attempts no limit can see any more are deleted on the way.
+                // Attempts are kept 25 hours (or the longest window, if longer) and deleted on the
+                // way: never by the caller's limits alone, because a host configured with a shorter
+                // window than another must not delete what the other still counts.
                 """
                 CREATE FUNCTION mdegate_take_slot(
                     p_key text, p_api text, p_host text, p_calls integer[], p_window_ms bigint[], p_guard_ms bigint
@@ -85,7 +87,8 @@ public enum SharedQuotaSchema {
                         END IF;
                     END LOOP;
                     DELETE FROM mdegate_attempts
-                        WHERE quota_key = p_key AND api = p_api AND at <= v_now - v_longest;
+                        WHERE quota_key = p_key AND api = p_api
+                        AND at <= v_now - greatest(v_longest, interval '25 hours');
                     IF v_free <= v_now THEN
                         INSERT INTO mdegate_attempts (quota_key, api, host, at) VALUES (p_key, p_api, p_host, v_now);
                         RETURN QUERY SELECT true, v_now, 0::bigint;
