@@ -38,8 +38,9 @@ public struct LocalResponse: Sendable {
     }
 }
 
-/// The local HTTP API (docs/api.md): routing, validation, and the three ways of waiting for a
-/// cancel (synchronous, `Prefer: respond-async`, `Prefer: wait=N`).
+/// The local HTTP API (the README's "Local API" and "The machine-action family"): routing,
+/// validation, and the three ways of waiting for a call (synchronous, `Prefer: respond-async`,
+/// `Prefer: wait=N`).
 ///
 /// Validation happens here, before anything reaches the gateway: bad input never becomes a
 /// request, never spends quota, and never reaches the upstream.
