@@ -2,6 +2,7 @@ import ArgumentParser
 import MDEGate
 import MDEGateClient
 import MDEGateCore
+import MDEGateWire
 
 // The machine-action family on the command line: one command per route of `Route.all`. Each
 // command only checks its arguments and says which `ActionCall` it makes; `CallOptions.send`

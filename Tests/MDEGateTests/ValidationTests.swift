@@ -1,4 +1,5 @@
 import Foundation
+import MDEGateWire
 import Testing
 
 @testable import MDEGate
@@ -18,7 +19,7 @@ struct ValidationTests {
         ("", false),
     ])
     func guids(id: String, valid: Bool) {
-        #expect(isGUID(id) == valid)
+        #expect(Identifier.isMachineActionID(id) == valid)
     }
 
     @Test("header names match case-insensitively, letters only", arguments: [

@@ -39,18 +39,18 @@ extension Route {
     func validate(target id: String, body: [UInt8], query: Substring?) -> Result<ActionCall, ValidationProblem> {
         switch target {
         case .machineAction:
-            guard isGUID(id) else {
+            guard Identifier.isMachineActionID(id) else {
                 return .failure(
                     ValidationProblem(
                         code: "InvalidMachineActionId",
-                        message: "the machine action id must be a GUID such as 988cc94e-7a8f-4b28-ab65-54970c5d5018"))
+                        message: "the machine action id must be a GUID such as \(Identifier.machineActionIDExample)"))
             }
         case .machine:
-            guard isHex(id, count: 40) else {
+            guard Identifier.isMachineID(id) else {
                 return .failure(
                     ValidationProblem(
                         code: "InvalidMachineId",
-                        message: "the machine id must be 40 hex digits such as 1e5bc9d7e413ddd7902c2932e418702b84d0cc07"))
+                        message: "the machine id must be 40 hex digits such as \(Identifier.machineIDExample)"))
             }
         case .none: break
         }
@@ -115,9 +115,4 @@ extension Route {
     private static func decoded(_ text: Substring) -> String? {
         text.replacingOccurrences(of: "+", with: " ").removingPercentEncoding
     }
-}
-
-/// `count` hex digits, byte by byte (see `isGUID`).
-func isHex(_ text: String, count: Int) -> Bool {
-    text.utf8.count == count && text.utf8.allSatisfy(isHexDigit)
 }

@@ -7,29 +7,6 @@ struct ValidationProblem: Error {
     var message: String
 }
 
-/// A GUID in its usual 8-4-4-4-12 hex form. Anything else (dot segments, percent escapes,
-/// slashes) is refused before it can become part of an upstream URL.
-/// Checked byte by byte: every request passes here, and Character-wise checks cost more than
-/// the rest of the validation together.
-func isGUID(_ text: String) -> Bool {
-    let bytes = text.utf8
-    guard bytes.count == 36 else { return false }
-    for (index, byte) in bytes.enumerated() {
-        switch index {
-        case 8, 13, 18, 23: guard byte == UInt8(ascii: "-") else { return false }
-        default: guard isHexDigit(byte) else { return false }
-        }
-    }
-    return true
-}
-
-func isHexDigit(_ byte: UInt8) -> Bool {
-    switch byte {
-    case UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "a")...UInt8(ascii: "f"), UInt8(ascii: "A")...UInt8(ascii: "F"): true
-    default: false
-    }
-}
-
 /// The body must be a JSON object with a string `Comment` (case-sensitive, as upstream) of at
 /// most 1,000 characters, plus the route's `parameters`, each a string from its allowed values
 /// (compared case-insensitively, kept in Microsoft's spelling) or, for `Sha1`, 40 hex digits.
@@ -91,7 +68,7 @@ func parseActionBody(
             }
             options[parameter.name] = canonical
         } else {
-            guard isHex(value, count: 40) else {
+            guard Identifier.isSHA1(value) else {
                 return .failure(ValidationProblem(message: "\"\(parameter.name)\" must be \(rule)"))
             }
             options[parameter.name] = value
