@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Logging
+import MDEGateCore
 import MDEGateWire
 import ServiceLifecycle
 
@@ -181,7 +182,7 @@ extension StatusDocument {
         let clients = queue.clients.count == 1 ? "1 client" : "\(queue.clients.count) clients"
         func used(_ limits: [LimitState]) -> String { limits.map { "\($0.used) of \($0.spec)" }.joined(separator: ", ") }
         var line = "queue \(queue.depth) (\(clients)), \(inFlight) in flight, quota used \(used(limits))"
-        for api in apis where api.name != "cancel" && api.limits.contains(where: { $0.used > 0 }) {
+        for api in apis where api.name != UpstreamAPI.cancel.name && api.limits.contains(where: { $0.used > 0 }) {
             line += "; \(api.name) \(used(api.limits))"
         }
         for api in apis {
