@@ -44,7 +44,9 @@ struct UpstreamFailureTests {
     func pausedByTooManyRequests() async throws {
         var options = GatewayOptions()
         options.maxAttempts = 1  // a 429 must not count as the one allowed attempt
-        try await withRig(gateway: options) { rig in
+        // Alone: the test must see the 2 s pause while it lasts, and read the 4 s window before it
+        // ends; twenty other daemons starting beside it held it off for longer than that.
+        try await withRig(gateway: options, alone: true) { rig in
             try await rig.simulator.setFaults(["next429": ["count": 1, "retryAfter": 2]])
             let client = rig.client
             let simulator = rig.simulator
