@@ -97,8 +97,26 @@ extension Scheduler {
             let readyAt = rotation.isEmpty ? backingOff.values.map(\.until).min() : now
             guard let readyAt else { return nil }
             var wakeup = ledger.earliestSlot(notBefore: max(now, readyAt))
+            // A ledger that waits for an answer from elsewhere (`SharedLedger`) is woken by it.
+            guard wakeup != .distantFuture else { return nil }
             if let pausedUntil { wakeup = max(wakeup, pausedUntil) }
             return wakeup
+        }
+
+        /// Jobs that could start now if the ledger allowed: queued, not paused, capped by
+        /// `capacity` (the attempts the concurrency cap leaves).
+        func startable(at now: Timestamp, capacity: Int) -> Int {
+            if let pausedUntil, now < pausedUntil { return 0 }
+            let due = backingOff.values.reduce(0) { $0 + ($1.until <= now ? 1 : 0) }
+            return min(capacity, queuedJobs + due)
+        }
+
+        /// Changes the ledger, if it is an `L`, and drops what was projected from it.
+        mutating func updateLedger<L: QuotaLedger>(as type: L.Type, _ body: (inout L) -> Void) {
+            guard var typed = ledger as? L else { return }
+            body(&typed)
+            ledger = typed
+            projectionCache = nil
         }
 
         mutating func restamp(_ recorded: Timestamp, to departed: Timestamp) {

@@ -300,6 +300,17 @@ public struct Scheduler: Sendable {
             attempt: job.attempts)
     }
 
+    /// How many attempts of `api` could start at `now` if its ledger allowed them: the ones a
+    /// ledger that is asked elsewhere (`SharedLedger`) should have slots for.
+    public func startableAttempts(_ api: UpstreamAPI, at now: Timestamp) -> Int {
+        lanes[lane(api)].startable(at: now, capacity: max(0, maxConcurrency - inFlight))
+    }
+
+    /// Changes `api`'s ledger if it is an `L` (the answers a `SharedLedger` receives).
+    public mutating func updateLedger<L: QuotaLedger>(_ api: UpstreamAPI, as type: L.Type, _ body: (inout L) -> Void) {
+        lanes[lane(api)].updateLedger(as: type, body)
+    }
+
     /// Tells `api`'s ledger that the attempt dispatched at `dispatched` left only at `departed`
     /// (after it was stored); see `Ledger.restamp`.
     public mutating func attemptDeparted(_ api: UpstreamAPI, dispatchedAt dispatched: Timestamp, at departed: Timestamp) {
