@@ -39,6 +39,11 @@ public enum ConfigurationKey: String, CaseIterable, Sendable {
     case retryMaxBackoff = "retry.max_backoff"
     case queueMaxPending = "queue.max_pending"
     case logLevel = "log.level"
+    case sharedQuotaURL = "shared_quota.url"
+    case sharedQuotaPasswordFile = "shared_quota.password_file"
+    case sharedQuotaCAFile = "shared_quota.ca_file"
+    case sharedQuotaKey = "shared_quota.key"
+    case sharedQuotaHostName = "shared_quota.host_name"
 
     /// The top-level YAML mapping the key lives in, e.g. `upstream`.
     public var section: String { String(rawValue.prefix { $0 != "." }) }

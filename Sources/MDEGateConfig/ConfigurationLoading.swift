@@ -117,6 +117,7 @@ struct SettingsReader {
         readAuth(into: &configuration)
         readQuota(into: &configuration)
         readRetryQueueAndLog(into: &configuration)
+        readSharedQuota(into: &configuration)
         return configuration
     }
 
@@ -289,6 +290,134 @@ struct SettingsReader {
                 fail(.logLevel, "\(quoted(text)) is not a log level; write one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
             }
         }
+    }
+
+    private mutating func readSharedQuota(into configuration: inout GatewayConfiguration) {
+        var shared = GatewayConfiguration.SharedQuota()
+        guard let url = text(.sharedQuotaURL) else {
+            // This host spends the quota alone: the other keys mean nothing, and stay unset.
+            for key in [ConfigurationKey.sharedQuotaPasswordFile, .sharedQuotaCAFile, .sharedQuotaKey, .sharedQuotaHostName]
+            where text(key) != nil {
+                warnings.append("\(key.rawValue) is set but shared_quota.url is not, so this host spends the quota alone and the setting is not used")
+            }
+            return
+        }
+        shared.caFile = path(.sharedQuotaCAFile)
+        shared.passwordFile = path(.sharedQuotaPasswordFile)
+        if shared.passwordFile == nil, let directory = environment["CREDENTIALS_DIRECTORY"], !directory.isEmpty,
+            FileManager.default.fileExists(atPath: directory + "/postgres-password")
+        {
+            shared.passwordFile = directory + "/postgres-password"
+        }
+        if let text = text(.sharedQuotaKey) {
+            if Self.isLedgerName(text, maxLength: 200) {
+                shared.key = text
+            } else {
+                fail(.sharedQuotaKey, "\(quoted(text)) is not a quota name; write up to 200 printable characters, such as \"contoso/mde-playbooks\" (every host of one app registration must use the same)")
+            }
+        } else if let tenant = configuration.auth.tenantID, let client = configuration.auth.clientID {
+            shared.key = "\(tenant)/\(client)"
+        } else {
+            shared.key = "default"
+        }
+        if let text = text(.sharedQuotaHostName) {
+            if Self.isLedgerName(text, maxLength: 255) {
+                shared.hostName = text
+            } else {
+                fail(.sharedQuotaHostName, "\(quoted(text)) is not a host name; write up to 255 printable characters, such as \"soar-worker-1\"")
+            }
+        } else {
+            shared.hostName = ProcessInfo.processInfo.hostName
+        }
+        readSharedQuotaURL(url, into: &shared)
+        configuration.sharedQuota = shared
+    }
+
+    /// `postgresql://user@host:port/database?sslmode=…&host=/socket/directory`, libpq's form;
+    /// a password in it is refused (it belongs in `shared_quota.password_file`).
+    private mutating func readSharedQuotaURL(_ text: String, into shared: inout GatewayConfiguration.SharedQuota) {
+        let example = "\"postgresql://mdegate@db.example:5432/mdegate\""
+        guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased(),
+            scheme == "postgresql" || scheme == "postgres"
+        else {
+            // The value may hold a password: it is not echoed.
+            fail(.sharedQuotaURL, "the value is not a PostgreSQL URL; write it like \(example)")
+            return
+        }
+        if components.password != nil {
+            fail(.sharedQuotaURL, "holds a password (not shown); remove it from the URL and put it in shared_quota.password_file (default $CREDENTIALS_DIRECTORY/postgres-password)")
+            return
+        }
+        shared.username = components.user.flatMap { $0.isEmpty ? nil : $0 } ?? "mdegate"
+        let path = components.path.hasPrefix("/") ? String(components.path.dropFirst()) : components.path
+        shared.database = path.isEmpty ? shared.username : path
+        if shared.database.contains("/") {
+            fail(.sharedQuotaURL, "\(quoted(text)) names the database \(quoted(shared.database)); write one database name after the host, like \(example)")
+            return
+        }
+        var port = components.port ?? 5432
+        var sslmode: String?
+        var socketDirectory: String?
+        for item in components.queryItems ?? [] {
+            switch item.name {
+            case "sslmode": sslmode = item.value?.lowercased()
+            case "host": socketDirectory = item.value
+            case "port":
+                guard let value = item.value.flatMap({ Int($0) }) else {
+                    fail(.sharedQuotaURL, "\(quoted(text)) has port=\(item.value ?? ""); write a port from 1 to 65535")
+                    return
+                }
+                port = value
+            default:
+                fail(.sharedQuotaURL, "\(quoted(text)) has the parameter \(quoted(item.name)), which mdegate does not know; it takes sslmode, host (a socket directory) and port")
+                return
+            }
+        }
+        guard (1...65535).contains(port) else {
+            fail(.sharedQuotaURL, "\(quoted(text)) has the port \(port); write a port from 1 to 65535")
+            return
+        }
+        let host = components.host ?? ""
+        if let directory = socketDirectory ?? (host.hasPrefix("/") ? host : nil) {
+            guard directory.hasPrefix("/") else {
+                fail(.sharedQuotaURL, "\(quoted(text)) has host=\(directory); a socket directory must be an absolute path, such as host=/run/postgresql")
+                return
+            }
+            shared.endpoint = .unixSocket(path: "\(directory)/.s.PGSQL.\(port)")
+        } else if host.isEmpty {
+            fail(.sharedQuotaURL, "\(quoted(text)) names no host; write it like \(example), or give a socket directory with ?host=/run/postgresql")
+            return
+        } else {
+            shared.endpoint = .tcp(host: host, port: port)
+        }
+        let local = socketDirectory != nil || host.hasPrefix("/") || Self.isLoopback(host)
+        switch sslmode {
+        case nil: shared.tls = !local
+        case "disable":
+            shared.tls = false
+            if !local {
+                warnings.append("shared_quota.url has sslmode=disable for \(host), a host that is not loopback: the ledger's traffic and the login cross the network unencrypted")
+            }
+        case "require", "verify-ca", "verify-full":
+            if case .unixSocket = shared.endpoint {
+                fail(.sharedQuotaURL, "\(quoted(text)) asks for TLS (sslmode=\(sslmode!)) over a Unix socket, which PostgreSQL does not offer; remove sslmode")
+                return
+            }
+            // Verified, whichever of these is written: nothing turns the check off.
+            shared.tls = true
+        default:
+            fail(.sharedQuotaURL, "\(quoted(text)) has sslmode=\(sslmode!); write disable, require, verify-ca or verify-full (the last three all verify the server's certificate and name)")
+            return
+        }
+        if shared.caFile != nil && !shared.tls {
+            warnings.append("shared_quota.ca_file is set but the connection to the shared quota does not use TLS, so the CA is not used")
+        }
+        shared.url = text
+    }
+
+    /// A name stored in the shared ledger: printable, not empty, bounded.
+    static func isLedgerName(_ text: String, maxLength: Int) -> Bool {
+        !text.isEmpty && text.count <= maxLength && !text.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F }
     }
 
     // MARK: Reading one key

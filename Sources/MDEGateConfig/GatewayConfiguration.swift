@@ -22,6 +22,7 @@ public struct GatewayConfiguration: Sendable, Equatable {
     public var retry: Retry
     public var queue: Queue
     public var log: Log
+    public var sharedQuota: SharedQuota
 
     /// Where `mdegate serve` and `check-config` look when no `--config` is given.
     public static let defaultPath = "/etc/mdegate/config.yaml"
@@ -34,7 +35,8 @@ public struct GatewayConfiguration: Sendable, Equatable {
         quota: Quota = Quota(),
         retry: Retry = Retry(),
         queue: Queue = Queue(),
-        log: Log = Log()
+        log: Log = Log(),
+        sharedQuota: SharedQuota = SharedQuota()
     ) {
         self.socket = socket
         self.state = state
@@ -44,6 +46,7 @@ public struct GatewayConfiguration: Sendable, Equatable {
         self.retry = retry
         self.queue = queue
         self.log = log
+        self.sharedQuota = sharedQuota
     }
 
     /// The Unix socket the local API listens on (unused under systemd socket activation,
@@ -213,6 +216,50 @@ public struct GatewayConfiguration: Sendable, Equatable {
 
         public init(level: Logger.Level = .info) {
             self.level = level
+        }
+    }
+}
+
+extension GatewayConfiguration {
+    /// One quota across hosts: the ledger in PostgreSQL that the mdegates of one app registration
+    /// share (`shared_quota.*`). Without a `url`, this host spends the quota alone.
+    public struct SharedQuota: Sendable, Equatable {
+        /// Where the server listens.
+        public enum Endpoint: Sendable, Equatable {
+            case tcp(host: String, port: Int)
+            /// The server's socket file, from `?host=/directory` (libpq's way).
+            case unixSocket(path: String)
+        }
+
+        /// The URL as configured (it never holds a password); nil: no shared quota.
+        public var url: String?
+        public var endpoint: Endpoint?
+        public var username = "mdegate"
+        public var database = "mdegate"
+        /// TLS, with the server's certificate verified; off only for a Unix socket, a loopback
+        /// host, or `sslmode=disable`.
+        public var tls = true
+        public var passwordFile: String?
+        public var caFile: String?
+        /// The quota's name in the ledger: every host of one app registration uses the same.
+        /// Filled in (default `<tenant_id>/<client_id>`, else `default`) only with a `url`.
+        public var key = ""
+        /// This host in the ledger and in status; filled in (default the machine's host name)
+        /// only with a `url`.
+        public var hostName = ""
+
+        public init() {}
+
+        public var isEnabled: Bool { endpoint != nil }
+
+        static func changedKeys(from old: SharedQuota, to new: SharedQuota) -> [ConfigurationKey] {
+            var keys: [ConfigurationKey] = []
+            if old.url != new.url { keys.append(.sharedQuotaURL) }
+            if old.passwordFile != new.passwordFile { keys.append(.sharedQuotaPasswordFile) }
+            if old.caFile != new.caFile { keys.append(.sharedQuotaCAFile) }
+            if old.key != new.key { keys.append(.sharedQuotaKey) }
+            if old.hostName != new.hostName { keys.append(.sharedQuotaHostName) }
+            return keys
         }
     }
 }

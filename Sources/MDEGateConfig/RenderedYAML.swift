@@ -67,6 +67,11 @@ extension GatewayConfiguration {
         case .retryMaxBackoff: retry.maxBackoff.configString
         case .queueMaxPending: String(queue.maxPending)
         case .logLevel: log.level.rawValue
+        case .sharedQuotaURL: YAMLText.quoted(sharedQuota.url ?? "")
+        case .sharedQuotaPasswordFile: YAMLText.quoted(sharedQuota.passwordFile ?? "")
+        case .sharedQuotaCAFile: YAMLText.quoted(sharedQuota.caFile ?? "")
+        case .sharedQuotaKey: YAMLText.quoted(sharedQuota.key)
+        case .sharedQuotaHostName: YAMLText.quoted(sharedQuota.hostName)
         }
     }
 
@@ -121,9 +126,13 @@ extension GatewayConfiguration {
         if reloaded.socket.path != socket.path { needsRestart.append(.socketPath) }
         if reloaded.socket.mode != socket.mode { needsRestart.append(.socketMode) }
         if reloaded.state.path != state.path { needsRestart.append(.statePath) }
+        // The connection to the shared ledger is opened once; which ledger the host spends must
+        // not change under requests already admitted.
+        needsRestart += SharedQuota.changedKeys(from: sharedQuota, to: reloaded.sharedQuota)
         var effective = reloaded
         effective.socket = socket
         effective.state = state
+        effective.sharedQuota = sharedQuota
         return (effective, needsRestart)
     }
 }

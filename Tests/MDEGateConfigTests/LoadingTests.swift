@@ -154,6 +154,8 @@ struct LoadingTests {
             .authClientCertificateFile: "/d.pem", .authClientKeyFile: "/e.pem", .authTokenURL: "https://t/{tenant_id}",
             .authScope: "s", .quotaLimits: "7/7s", .quotaGuard: "7ms", .retryMaxAttempts: "7",
             .retryInitialBackoff: "7s", .retryMaxBackoff: "8s", .queueMaxPending: "9", .logLevel: "critical",
+            .sharedQuotaURL: "postgresql://gw@db.example:6543/ledger", .sharedQuotaPasswordFile: "/f.pw",
+            .sharedQuotaCAFile: "/g.pem", .sharedQuotaKey: "k", .sharedQuotaHostName: "h",
         ]
         for key in ConfigurationKey.apiOverrides { values[key] = "3/3s" }
         #expect(Set(values.keys) == Set(ConfigurationKey.allCases))
@@ -174,6 +176,14 @@ struct LoadingTests {
             queue: .init(maxPending: 9),
             log: .init(level: .critical))
         for key in ConfigurationKey.apiOverrides { expected.quota.apis[key.apiName!] = [Limit(calls: 3, window: .seconds(3))] }
+        expected.sharedQuota.url = "postgresql://gw@db.example:6543/ledger"
+        expected.sharedQuota.endpoint = .tcp(host: "db.example", port: 6543)
+        expected.sharedQuota.username = "gw"
+        expected.sharedQuota.database = "ledger"
+        expected.sharedQuota.passwordFile = "/f.pw"
+        expected.sharedQuota.caFile = "/g.pem"
+        expected.sharedQuota.key = "k"
+        expected.sharedQuota.hostName = "h"
         #expect(loaded.configuration == expected)
         #expect(loaded.warnings.isEmpty)
     }
