@@ -68,6 +68,9 @@ let package = Package(
             dependencies: [
                 "MDEGateCore",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -81,6 +84,7 @@ let package = Package(
                 "MDEGateWire",
                 "MDEGateConfig",
                 "MDEGateTransport",
+                "MDEGateSharedQuota",
                 "CMDEGateSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -101,6 +105,8 @@ let package = Package(
             name: "mdegate",
             dependencies: [
                 "MDEGate",
+                "MDEGateSharedQuota",
+                .product(name: "Logging", package: "swift-log"),
                 "MDEGateClient",
                 "MDEGateWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -13,10 +13,20 @@ import PostgresNIO
 public struct SharedQuotaDatabase: Sendable {
     /// What the server decided about one attempt.
     public enum Slot: Sendable, Equatable {
-        /// Recorded at `serverTime`: the attempt may leave now.
-        case granted(serverTime: Date)
+        /// Recorded at `serverTime` as `attempt`: the attempt may leave now.
+        case granted(serverTime: Date, attempt: Int64)
         /// Not recorded: the earliest slot (or the end of a pause) is `after` from `serverTime`.
-        case wait(after: Duration, serverTime: Date)
+        /// `paused`: how much of that is a 429 pause some host reported.
+        case wait(after: Duration, serverTime: Date, paused: Duration? = nil)
+    }
+
+    /// How much of one limit the hosts spent, for status.
+    public struct Usage: Sendable, Equatable {
+        public var api: String
+        public var limit: Limit
+        /// Attempts in the window (plus guard band) per host, by host name.
+        public var byHost: [String: Int]
+        public var total: Int { byHost.values.reduce(0, +) }
     }
 
     /// One attempt in the shared ledger, for status and tests.
@@ -46,13 +56,27 @@ public struct SharedQuotaDatabase: Sendable {
         let guardMs = Int64(guardBand.nanoseconds / 1_000_000)
         let rows = try await client.query(
             """
-            SELECT granted, server_time, wait_ms
+            SELECT granted, server_time, wait_ms, paused_until, attempt_id
             FROM mdegate_take_slot(\(key), \(api.name), \(host), \(calls), \(windows), \(guardMs))
             """, logger: logger)
-        for try await (granted, serverTime, waitMs) in rows.decode((Bool, Date, Int64).self) {
-            return granted ? .granted(serverTime: serverTime) : .wait(after: .milliseconds(waitMs), serverTime: serverTime)
+        for try await (granted, serverTime, waitMs, pausedUntil, attempt) in rows.decode(
+            (Bool, Date, Int64, Date?, Int64?).self)
+        {
+            if granted, let attempt { return .granted(serverTime: serverTime, attempt: attempt) }
+            let paused = pausedUntil.map { Duration.milliseconds(Int64(($0.timeIntervalSince(serverTime) * 1000).rounded(.up))) }
+            return .wait(after: .milliseconds(waitMs), serverTime: serverTime, paused: paused)
         }
         throw SharedQuotaError("the shared quota database returned no slot decision")
+    }
+
+    /// Moves a granted attempt `delay` later: it left that much after its grant arrived (a slow
+    /// local commit), and the upstream counts it from when it arrives, not from the grant.
+    /// Moving an attempt later only ever delays later slots.
+    public func delay(attempt: Int64, by delay: Duration) async throws {
+        let milliseconds = Double(delay.nanoseconds) / 1e6
+        try await client.query(
+            "UPDATE mdegate_attempts SET at = at + \(milliseconds) * interval '1 millisecond' WHERE id = \(attempt)",
+            logger: logger)
     }
 
     /// Pauses `api` for every host for `duration` from the server's now (an upstream 429), and
@@ -64,6 +88,28 @@ public struct SharedQuotaDatabase: Sendable {
             "SELECT mdegate_pause(\(key), \(api.name), \(host), \(milliseconds))", logger: logger)
         for try await until in rows.decode(Date.self) { return until }
         throw SharedQuotaError("the shared quota database returned no pause")
+    }
+
+    /// Every host's attempts in each limit's window (plus `guardBand`) on the server's clock, for
+    /// the APIs and limits given: one query.
+    public func usage(_ limits: [(api: String, limits: [Limit])], guardBand: Duration) async throws -> [Usage] {
+        let pairs = limits.flatMap { entry in entry.limits.map { (entry.api, $0) } }
+        let apis = pairs.map(\.0)
+        let spans = pairs.map { Int64(($0.1.window + guardBand).nanoseconds / 1_000_000) }
+        let indexes = pairs.indices.map { Int32($0) }
+        let rows = try await client.query(
+            """
+            SELECT l.i, a.host, count(*)::bigint
+            FROM unnest(\(indexes), \(apis), \(spans)) AS l(i, api, span_ms)
+            JOIN mdegate_attempts a ON a.quota_key = \(key) AND a.api = l.api
+                AND a.at > clock_timestamp() - l.span_ms * interval '1 millisecond'
+            GROUP BY l.i, a.host
+            """, logger: logger)
+        var usage = pairs.map { Usage(api: $0.0, limit: $0.1, byHost: [:]) }
+        for try await (index, host, count) in rows.decode((Int32, String, Int64).self) {
+            usage[Int(index)].byHost[host] = Int(count)
+        }
+        return usage
     }
 
     /// The attempts of `api` still in the ledger, oldest first.

@@ -25,6 +25,7 @@ public enum SharedQuotaSchema {
             sql: [
                 """
                 CREATE TABLE mdegate_attempts (
+                    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
                     quota_key text NOT NULL,
                     api text NOT NULL,
                     host text NOT NULL,
@@ -52,7 +53,9 @@ public enum SharedQuotaSchema {
                 """
                 CREATE FUNCTION mdegate_take_slot(
                     p_key text, p_api text, p_host text, p_calls integer[], p_window_ms bigint[], p_guard_ms bigint
-                ) RETURNS TABLE (granted boolean, server_time timestamptz, wait_ms bigint)
+                ) RETURNS TABLE (
+                    granted boolean, server_time timestamptz, wait_ms bigint, paused_until timestamptz, attempt_id bigint
+                )
                 LANGUAGE plpgsql AS $$
                 DECLARE
                     v_now timestamptz;
@@ -62,6 +65,7 @@ public enum SharedQuotaSchema {
                     v_count integer;
                     v_leaving timestamptz;
                     v_pause timestamptz;
+                    v_id bigint;
                 BEGIN
                     PERFORM pg_advisory_xact_lock(hashtextextended(p_key || '/' || p_api, 0));
                     v_now := clock_timestamp();
@@ -90,10 +94,12 @@ public enum SharedQuotaSchema {
                         WHERE quota_key = p_key AND api = p_api
                         AND at <= v_now - greatest(v_longest, interval '25 hours');
                     IF v_free <= v_now THEN
-                        INSERT INTO mdegate_attempts (quota_key, api, host, at) VALUES (p_key, p_api, p_host, v_now);
-                        RETURN QUERY SELECT true, v_now, 0::bigint;
+                        INSERT INTO mdegate_attempts (quota_key, api, host, at) VALUES (p_key, p_api, p_host, v_now)
+                            RETURNING id INTO v_id;
+                        RETURN QUERY SELECT true, v_now, 0::bigint, NULL::timestamptz, v_id;
                     ELSE
-                        RETURN QUERY SELECT false, v_now, ceil(extract(epoch FROM v_free - v_now) * 1000)::bigint;
+                        RETURN QUERY SELECT false, v_now, ceil(extract(epoch FROM v_free - v_now) * 1000)::bigint,
+                            CASE WHEN v_pause > v_now THEN v_pause END, NULL::bigint;
                     END IF;
                 END
                 $$
@@ -121,6 +127,22 @@ public enum SharedQuotaSchema {
 
     /// The newest version this mdegate knows.
     public static var currentVersion: Int32 { migrations.last!.version }
+
+    /// The newest version applied in the database; nil when mdegate's tables are not there yet.
+    public static func appliedVersion(_ connection: PostgresConnection, logger: Logger) async throws -> Int32? {
+        let rows = try await connection.query(
+            "SELECT CASE WHEN to_regclass('mdegate_schema') IS NULL THEN NULL ELSE 0 END", logger: logger)
+        var exists = false
+        for try await marker in rows.decode(Int32?.self) { exists = marker != nil }
+        guard exists else { return nil }
+        var newest: Int32?
+        for try await version in try await connection.query("SELECT max(version) FROM mdegate_schema", logger: logger)
+            .decode(Int32?.self)
+        {
+            newest = version
+        }
+        return newest
+    }
 
     /// Creates or upgrades the schema; returns the versions it applied (empty when current).
     /// A database at a newer version than this mdegate knows is refused.
