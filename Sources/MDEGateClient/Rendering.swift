@@ -9,9 +9,14 @@ public enum Rendering {
     /// the idle APIs folded into one line per set of limits.
     public static func status(_ status: StatusDocument, now: Date = Date()) -> String {
         var lines: [String] = []
-        lines.append("QUOTA PER API (guard \(status.guardMs) ms)")
-        lines += quota(status.apis, now: now)
+        let shared = status.sharedQuota
+        lines.append("QUOTA PER API (guard \(status.guardMs) ms\(shared == nil ? "" : "; USED is this host's, the shared use is below"))")
+        lines += quota(status.apis, now: now, shared: shared != nil)
         lines.append("")
+        if let shared {
+            lines += sharedQuota(shared, now: now)
+            lines.append("")
+        }
         lines.append("DISPATCH  \(status.inFlight) in flight; \(status.queue.depth) waiting")
         if !status.queue.clients.isEmpty {
             lines.append("")
@@ -28,6 +33,41 @@ public enum Rendering {
         return lines.joined(separator: "\n")
     }
 
+    /// The shared quota: the database and its health, then every limit in use with each host's
+    /// part of it.
+    ///
+    ///     SHARED QUOTA  postgresql://mdegate@db.example:5432/mdegate (TLS verified)
+    ///       key "contoso/playbooks", this host "soar-1": database reachable
+    ///     API / LIMIT      USED  BY HOST
+    ///     cancel 100/1m    37    soar-1 20, cron-1 17
+    static func sharedQuota(_ shared: StatusDocument.SharedQuota, now: Date) -> [String] {
+        var lines = ["SHARED QUOTA  \(shared.database)"]
+        var health = "  key \"\(shared.key)\", this host \"\(shared.host)\": "
+        if shared.reachable {
+            health += "database reachable"
+        } else {
+            health += "DATABASE UNAVAILABLE"
+                + (shared.unreachableSince.map { " since \(relative($0, now: now))" } ?? "")
+                + ", so nothing is sent upstream (requests are kept)"
+                + (shared.lastError.map { ": \($0)" } ?? "")
+        }
+        lines += wrapped(health)
+        guard let usage = shared.usage else {
+            lines.append("  (every host's use could not be read from the database for this status)")
+            return lines
+        }
+        guard !usage.isEmpty else {
+            lines.append("  no host spent any of it in the current windows")
+            return lines
+        }
+        lines += table(
+            ["API / LIMIT", "USED", "BY HOST"],
+            usage.map { use in
+                ["\(use.api) \(use.spec)", "\(use.used)", use.hosts.map { "\($0.host) \($0.used)" }.joined(separator: ", ")]
+            })
+        return lines
+    }
+
     /// The rows of the quota: per busy API a title line (name, queue), its pause if any, and one
     /// row per limit; then the idle APIs, one line per set of limits.
     ///
@@ -37,7 +77,7 @@ public enum Rendering {
     ///       100/1m     100/100  in 12.3 s (2026-11-24T04:05:12.000Z)
     ///       1500/1h    371/1500 now
     ///     9 other APIs idle (100/1m, 1500/1h)
-    static func quota(_ apis: [StatusDocument.APIState], now: Date) -> [String] {
+    static func quota(_ apis: [StatusDocument.APIState], now: Date, shared: Bool = false) -> [String] {
         let busy = apis.filter { !isIdle($0) }
         let idle = apis.filter(isIdle)
         var lines: [String] = []
@@ -46,7 +86,8 @@ public enum Rendering {
                 api.limits.map { limit in
                     [
                         "  " + limit.spec, "\(limit.used)/\(limit.calls)",
-                        limit.nextFreeAt.map { relative($0, now: now) } ?? "now",
+                        // With a shared quota, the database alone knows the next free slot.
+                        limit.nextFreeAt.map { relative($0, now: now) } ?? (shared ? "-" : "now"),
                     ]
                 }
             }

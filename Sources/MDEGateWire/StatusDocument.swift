@@ -86,6 +86,100 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         }
     }
 
+    /// The ledger this host shares with others in PostgreSQL (`shared_quota`); nil when this
+    /// host spends the quota alone.
+    public struct SharedQuota: Codable, Sendable, Equatable {
+        /// Every host's attempts in one limit's window, from the database.
+        public struct Usage: Codable, Sendable, Equatable {
+            public struct HostUse: Codable, Sendable, Equatable {
+                public var host: String
+                public var used: Int
+
+                public init(host: String, used: Int) {
+                    self.host = host
+                    self.used = used
+                }
+            }
+
+            public var api: String
+            public var spec: String
+            /// Every host's attempts together.
+            public var used: Int
+            public var hosts: [HostUse]
+
+            public init(api: String, spec: String, used: Int, hosts: [HostUse]) {
+                self.api = api
+                self.spec = spec
+                self.used = used
+                self.hosts = hosts
+            }
+        }
+
+        /// How long this host's last slot requests took (ask to answer, the database's round trip
+        /// included), over up to the last 1,000.
+        public struct RoundTrips: Codable, Sendable, Equatable {
+            public var samples: Int
+            public var p50Ms: Double
+            public var p99Ms: Double
+            public var maxMs: Double
+
+            public init(samples: Int, p50Ms: Double, p99Ms: Double, maxMs: Double) {
+                self.samples = samples
+                self.p50Ms = p50Ms
+                self.p99Ms = p99Ms
+                self.maxMs = maxMs
+            }
+        }
+
+        /// The server, user and database (never a password).
+        public var database: String
+        public var key: String
+        /// This host's name in the ledger.
+        public var host: String
+        /// Whether the last request to the database was answered. While it is not, nothing is
+        /// sent upstream (fail closed); requests are still admitted and kept.
+        public var reachable: Bool
+        /// Why the database could not be used, while it cannot.
+        public var lastError: String?
+        /// Since when it could not be used.
+        public var unreachableSince: String?
+        /// The limits in use by every host (limits with no use left out); nil when the database
+        /// could not be asked for this status.
+        public var usage: [Usage]?
+        /// Nil before the first slot request was answered.
+        public var slotRequests: RoundTrips?
+
+        public init(
+            database: String, key: String, host: String, reachable: Bool, lastError: String?,
+            unreachableSince: String?, usage: [Usage]?, slotRequests: RoundTrips? = nil
+        ) {
+            self.database = database
+            self.key = key
+            self.host = host
+            self.reachable = reachable
+            self.lastError = lastError
+            self.unreachableSince = unreachableSince
+            self.usage = usage
+            self.slotRequests = slotRequests
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case database, key, host, reachable, lastError, unreachableSince, usage, slotRequests
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(database, forKey: .database)
+            try container.encode(key, forKey: .key)
+            try container.encode(host, forKey: .host)
+            try container.encode(reachable, forKey: .reachable)
+            try container.encode(lastError, forKey: .lastError)
+            try container.encode(unreachableSince, forKey: .unreachableSince)
+            try container.encode(usage, forKey: .usage)
+            try container.encode(slotRequests, forKey: .slotRequests)
+        }
+    }
+
     /// The `cancel` API's limits (as before there were several APIs; `apis` has every one).
     public var limits: [LimitState]
     public var guardMs: Int
@@ -97,10 +191,11 @@ public struct StatusDocument: Codable, Sendable, Equatable {
     public var apis: [APIState]
     public var upstream: Upstream
     public var auth: Auth
+    public var sharedQuota: SharedQuota?
 
     public init(
         limits: [LimitState], guardMs: Int, queue: Queue, pausedUntil: String?, inFlight: Int, apis: [APIState],
-        upstream: Upstream, auth: Auth
+        upstream: Upstream, auth: Auth, sharedQuota: SharedQuota? = nil
     ) {
         self.limits = limits
         self.guardMs = guardMs
@@ -110,9 +205,10 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         self.apis = apis
         self.upstream = upstream
         self.auth = auth
+        self.sharedQuota = sharedQuota
     }
 
-    enum CodingKeys: String, CodingKey { case limits, guardMs, queue, pausedUntil, inFlight, apis, upstream, auth }
+    enum CodingKeys: String, CodingKey { case limits, guardMs, queue, pausedUntil, inFlight, apis, upstream, auth, sharedQuota }
 
     /// Writes every key, nulls included, so clients can rely on the shape.
     public func encode(to encoder: any Encoder) throws {
@@ -125,6 +221,7 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         try container.encode(apis, forKey: .apis)
         try container.encode(upstream, forKey: .upstream)
         try container.encode(auth, forKey: .auth)
+        try container.encode(sharedQuota, forKey: .sharedQuota)
     }
 }
 

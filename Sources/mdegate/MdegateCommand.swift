@@ -2,7 +2,9 @@ import ArgumentParser
 import Foundation
 import MDEGate
 import MDEGateClient
+import Logging
 import MDEGateConfig
+import MDEGateSharedQuota
 import MDEGateTransport
 import MDEGateWire
 
@@ -138,8 +140,43 @@ struct CheckConfig: AsyncParsableCommand {
         for note in notes {
             FileHandle.standardError.write(Data("warning: \(note)\n".utf8))
         }
+        let shared = try await checkSharedQuota(loaded.configuration.sharedQuota)
         print("# \(config): valid")
+        if let shared { print("# \(shared)") }
         print(loaded.configuration.renderedYAML())
+    }
+}
+
+/// Connects to the shared quota's database, if one is configured, and says whether it is
+/// reachable and its schema current; a database that cannot be used (unreachable, refused
+/// password, untrusted certificate) exits with 1 and the reason, never the password.
+func checkSharedQuota(_ settings: GatewayConfiguration.SharedQuota) async throws -> String? {
+    let connection: SharedQuotaConnection
+    do {
+        guard let configured = try settings.connection() else { return nil }
+        connection = configured
+    } catch {
+        FileHandle.standardError.write(Data("shared quota: \(error)\n".utf8))
+        throw ExitStatus.refused
+    }
+    switch await connection.probe(logger: Logger(label: "mdegate.check-config")) {
+    case .unreachable(let reason):
+        FileHandle.standardError.write(
+            Data("shared_quota.url: cannot use the shared quota database \(connection): \(reason)\n".utf8))
+        throw ExitStatus.refused
+    case .reachable(let version):
+        let current = SharedQuotaSchema.currentVersion
+        let schema: String =
+            switch version {
+            case nil: "mdegate's tables are not there yet; the daemon creates them on first use"
+            case let version? where version == current: "schema version \(current) (current)"
+            case let version? where version < current: "schema version \(version); the daemon upgrades it to \(current)"
+            case let version?:
+                FileHandle.standardError.write(
+                    Data("shared_quota.url: the database \(connection) is at schema version \(version), newer than this mdegate knows (\(current)); upgrade mdegate\n".utf8))
+                throw ExitStatus.refused
+            }
+        return "shared quota: \(connection) is reachable; \(schema); key \"\(settings.key)\", host \"\(settings.hostName)\""
     }
 }
 

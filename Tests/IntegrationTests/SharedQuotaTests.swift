@@ -60,13 +60,13 @@ struct SharedQuotaTests {
             let limits = [Limit(calls: 3, window: .seconds(60)), Limit(calls: 5, window: .seconds(3600))]
             var granted: [Date] = []
             for _ in 0..<3 {
-                guard case .granted(let at) = try await host.takeSlot(api: .cancel, limits: limits, guardBand: .milliseconds(250)) else {
+                guard case .granted(let at, _) = try await host.takeSlot(api: .cancel, limits: limits, guardBand: .milliseconds(250)) else {
                     Issue.record("three of 3/1m are free")
                     return
                 }
                 granted.append(at)
             }
-            guard case .wait(let after, let now) = try await host.takeSlot(api: .cancel, limits: limits, guardBand: .milliseconds(250))
+            guard case .wait(let after, let now, _) = try await host.takeSlot(api: .cancel, limits: limits, guardBand: .milliseconds(250))
             else {
                 Issue.record("a fourth within the minute must wait")
                 return
@@ -94,8 +94,8 @@ struct SharedQuotaTests {
                         // Bounded: each host needs 5 grants; every refusal waits for the freed slot.
                         for _ in 0..<200 where granted.count < perHost {
                             switch try await host.takeSlot(api: .isolate, limits: limits, guardBand: guardBand) {
-                            case .granted(let at): granted.append((name, at))
-                            case .wait(let after, _): try await Task.sleep(for: after)
+                            case .granted(let at, _): granted.append((name, at))
+                            case .wait(let after, _, _): try await Task.sleep(for: after)
                             }
                         }
                         return granted
@@ -122,13 +122,14 @@ struct SharedQuotaTests {
             let limits = [Limit(calls: 100, window: .seconds(60))]
             let until = try await Self.host(client, "a").pause(api: .isolate, for: .seconds(30))
             #expect(try await Self.host(client, "b").pause(api: .isolate, for: .seconds(5)) == until)
-            guard case .wait(let after, let now) = try await Self.host(client, "c").takeSlot(api: .isolate, limits: limits, guardBand: .zero)
+            guard case .wait(let after, let now, let paused) = try await Self.host(client, "c").takeSlot(api: .isolate, limits: limits, guardBand: .zero)
             else {
                 Issue.record("a paused API grants nothing")
                 return
             }
             let expected = until.timeIntervalSince(now)
             #expect(abs(Double(after.nanoseconds) / 1e9 - expected) < 0.002, "waits for the pause: \(after) vs \(expected) s")
+            #expect(paused.map { abs(Double($0.nanoseconds) / 1e9 - expected) < 0.002 } == true, "says it is a pause: \(String(describing: paused))")
             guard case .granted = try await Self.host(client, "c").takeSlot(api: .cancel, limits: limits, guardBand: .zero) else {
                 Issue.record("another API is not paused")
                 return

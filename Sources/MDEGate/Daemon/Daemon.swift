@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import MDEGateConfig
 import MDEGateCore
+import MDEGateSharedQuota
 import MDEGateTransport
 import NIOCore
 import NIOPosix
@@ -50,6 +51,27 @@ public enum Daemon {
         defer { running.transport.shutdown() }
         let store = try SQLiteStore(path: configuration.state.path, logger: Logger(label: "mdegate.store"))
 
+        // The ledger shared with other hosts: its pool runs beside the gateway from the start,
+        // so the first slot request finds it running. A database that cannot be reached does
+        // not stop the start: the gateway admits requests and sends nothing until it answers.
+        var sharedQuota: SharedQuotaLink?
+        var sharedClientTask: Task<Void, Never>?
+        if let connection = try configuration.sharedQuota.connection() {
+            let sharedLogger = Logger(label: "mdegate.shared-quota")
+            let client = try connection.makeClient(logger: sharedLogger)
+            sharedClientTask = Task { await client.run() }
+            let database = SharedQuotaDatabase(
+                client: client, key: configuration.sharedQuota.key, host: configuration.sharedQuota.hostName,
+                logger: sharedLogger)
+            sharedQuota = SharedQuotaLink(database: database, connection: connection, logger: sharedLogger)
+            logger.notice(
+                "sharing the quota with other hosts",
+                metadata: [
+                    "database": "\(connection)", "key": "\(database.key)", "host": "\(database.host)",
+                ])
+        }
+        defer { sharedClientTask?.cancel() }
+
         // One loop for the gateway and every connection of the socket: a request reaches the
         // gateway without a hop (docs/architecture.md).
         let gateway = Gateway(
@@ -58,7 +80,8 @@ public enum Daemon {
             upstream: CurlUpstream(transport: transport, baseURL: configuration.upstream.baseURL),
             tokens: tokens,
             eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
-            logger: logger)
+            logger: logger,
+            sharedQuota: sharedQuota)
         try await gateway.start()
 
         let limits = configuration.quota.limits.map(\.spec).joined(separator: " + ")

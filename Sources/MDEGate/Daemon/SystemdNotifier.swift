@@ -188,6 +188,9 @@ extension StatusDocument {
         for api in apis {
             if let pausedUntil = api.pausedUntil { line += "; \(api.name) paused after a 429 until \(pausedUntil)" }
         }
+        if let shared = sharedQuota, !shared.reachable {
+            line += "; shared quota database unavailable, nothing is sent"
+        }
         return line
     }
 }

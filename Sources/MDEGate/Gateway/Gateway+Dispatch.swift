@@ -24,6 +24,8 @@ extension Gateway {
             guard let dispatch = scheduler.nextDispatch(at: time) else { break }
             prepare(dispatch, token: token, at: time)
         }
+        // A slot of the shared quota is asked for only when an attempt could use it at once.
+        if !tokenProblem { askSharedSlots(at: time) }
         if tokenProblem, scheduler.nextWakeup(after: time) != nil {
             // Work is waiting but there is no token: ask again in a second (a token file is
             // looked at again; a token fetch in the background also wakes the gateway itself).
@@ -64,6 +66,7 @@ extension Gateway {
     func departed(_ dispatch: Scheduler.Dispatch, dispatchedAt time: Timestamp, at departed: Timestamp) {
         scheduler.attemptDeparted(dispatch.api, dispatchedAt: time, at: departed)
         if departed > time { pending.append(.departure(dispatch.api, recorded: time, departed: departed)) }
+        if sharedQuota != nil { delayLateAttempts(dispatch.api) }
     }
 
     /// The attempt's commit failed, so it was not sent: the job goes back to the head of its
@@ -150,6 +153,7 @@ extension Gateway {
             // The pause must survive a restart: it is written as soon as the writer is free.
             pending.append(.pause(dispatch.api, until: until))
             pending.urgent = true
+            shareThrottle(dispatch.api, for: until - time)
             requeue(members, lastError: nil)
         }
         requestPump()

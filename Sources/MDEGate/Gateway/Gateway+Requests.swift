@@ -155,7 +155,8 @@ extension Gateway {
             inFlight: scheduler.inFlight,
             apis: apis,
             upstream: .init(baseUrl: upstream.baseURL, lastStatus: lastUpstreamStatus, lastError: lastUpstreamError),
-            auth: .init(mode: tokens.mode, tokenExpiresAt: tokens.tokenExpiresAt.map(JSON.timestamp), lastError: tokens.lastError))
+            auth: .init(mode: tokens.mode, tokenExpiresAt: tokens.tokenExpiresAt.map(JSON.timestamp), lastError: tokens.lastError),
+            sharedQuota: sharedQuotaStatus(usage: nil))
     }
 
     private func limitStates(_ api: UpstreamAPI, at time: Timestamp) -> [StatusDocument.LimitState] {

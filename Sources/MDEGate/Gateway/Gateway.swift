@@ -105,6 +105,10 @@ public actor Gateway {
     var lastPurge = Timestamp.zero
     var lastUpstreamStatus: Int?
     var lastUpstreamError: String?
+    /// The ledger shared with other hosts, when `shared_quota.url` is set (Gateway+SharedQuota).
+    let sharedQuota: SharedQuotaLink?
+    var sharedHealth = SharedQuotaHealth()
+    var slotRoundTrips = RoundTripLog()
 
     // The commit cycle (Gateway+Commit.swift).
     /// Changes and follow-ups waiting for the next commit.
@@ -136,10 +140,12 @@ public actor Gateway {
         tokens: any TokenSource,
         eventLoop: any EventLoop,
         logger: Logger,
+        sharedQuota: SharedQuotaLink? = nil,
         now: @escaping @Sendable () -> Timestamp = Gateway.wallClock
     ) {
         self.settings = settings
-        self.scheduler = Self.scheduler(settings: settings, attempts: [:])
+        self.sharedQuota = sharedQuota
+        self.scheduler = Self.scheduler(settings: settings, attempts: [:], shared: sharedQuota != nil)
         self.store = store
         self.upstream = upstream
         self.tokens = tokens
@@ -149,13 +155,19 @@ public actor Gateway {
         self.now = now
     }
 
-    /// A scheduler with one lane for each API the gateway routes, each with a `Ledger` of its
-    /// configured limits holding its `attempts`.
-    static func scheduler(settings: Settings, attempts: [UpstreamAPI: [Timestamp]]) -> Scheduler {
+    /// A scheduler with one lane for each API the gateway routes, each with a ledger of its
+    /// configured limits holding its `attempts`: a `Ledger` when this host spends the quota
+    /// alone, a `SharedLedger` (slots granted by the database) when it shares it.
+    static func scheduler(settings: Settings, attempts: [UpstreamAPI: [Timestamp]], shared: Bool) -> Scheduler {
         Scheduler(
             ledgers: Dictionary(
                 uniqueKeysWithValues: Route.apis.map { api in
-                    (api, Ledger(limits: settings.limits(for: api), guardBand: settings.guardBand, attempts: attempts[api] ?? []))
+                    let limits = settings.limits(for: api)
+                    let ledger: any QuotaLedger =
+                        shared
+                        ? SharedLedger(limits: limits, guardBand: settings.guardBand, attempts: attempts[api] ?? [])
+                        : Ledger(limits: limits, guardBand: settings.guardBand, attempts: attempts[api] ?? [])
+                    return (api, ledger)
                 }),
             retryPolicy: settings.retryPolicy,
             maxConcurrency: settings.maxConcurrency,
@@ -172,7 +184,7 @@ public actor Gateway {
     /// Reloads what the store kept (ledger, pause, unfinished requests) and starts dispatching.
     public func start() async throws {
         let state = try await store.load()
-        scheduler = Self.scheduler(settings: settings, attempts: state.attempts)
+        scheduler = Self.scheduler(settings: settings, attempts: state.attempts, shared: sharedQuota != nil)
         for (api, until) in state.pauses where Route.named(api) != nil { scheduler.pause(api, until: until) }
         restore(state.records)
         watch(tokens)

@@ -99,7 +99,11 @@ public struct LocalAPI: Sendable {
             }
         case (_, 2, "v1") where names[1] == "status":
             guard request.method == "GET" else { return loop.makeSucceededFuture(methodNotAllowed(allow: "GET")) }
-            return loop.makeSucceededFuture(.json(200, gateway.status()))
+            guard gateway.sharedQuota != nil else { return loop.makeSucceededFuture(.json(200, gateway.status())) }
+            // With a shared quota, every host's use is read from the database first.
+            let promise = loop.makePromise(of: LocalResponse.self)
+            promise.completeWithTask { .json(200, await gateway.statusWithSharedUsage()) }
+            return promise.futureResult
         case (_, 1, "healthz"):
             guard request.method == "GET" else { return loop.makeSucceededFuture(methodNotAllowed(allow: "GET")) }
             return loop.makeSucceededFuture(.json(200, ["status": "ok"]))

@@ -22,6 +22,8 @@ struct GatewayOptions: Sendable {
     var proxy: String?
     /// What `auth.token_file` holds; the simulator's fixed token unless set.
     var tokenFileContent: String?
+    /// `shared_quota.*` keys and their values (written quoted), e.g. `url`, `host_name`.
+    var sharedQuota: [String: String] = [:]
 
     /// How the gateway gets its token from the simulator.
     enum Credential: Sendable {
@@ -86,8 +88,14 @@ struct GatewayOptions: Sendable {
           max_pending: \(maxPending)
         log:
           level: \(logLevel)
-
+        \(sharedQuotaYAML)
         """
+    }
+
+    private var sharedQuotaYAML: String {
+        guard !sharedQuota.isEmpty else { return "" }
+        return "shared_quota:\n" + sharedQuota.sorted { $0.key < $1.key }.map { "  \($0.key): \"\($0.value)\"" }
+            .joined(separator: "\n") + "\n"
     }
 }
 

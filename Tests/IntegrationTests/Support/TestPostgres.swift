@@ -12,19 +12,40 @@ final class TestPostgres: Sendable {
     let directory: String
     static let port = 5432
     static let user = "mdegate"
+    /// The password the server asks for (scram-sha-256); nil: it trusts every local connection.
+    let password: String?
+    /// The loopback TCP port of a server that offers TLS (`start(tls:)`); nil: Unix socket only.
+    let tcpPort: Int?
 
-    var socketPath: String { "\(directory)/.s.PGSQL.\(Self.port)" }
+    /// The socket file's port number: the TCP port when there is one.
+    var port: Int { tcpPort ?? Self.port }
 
-    private init(directory: String) {
+    var socketPath: String { "\(directory)/.s.PGSQL.\(port)" }
+
+    /// `shared_quota.url` for a gateway that reaches this server through its socket (a server
+    /// without TCP, whose socket has the default port number).
+    var socketURL: String { "postgresql://\(Self.user)@/postgres?host=\(directory)" }
+
+    /// `shared_quota.url` through the socket of any server (its port given as libpq does).
+    var socketURLWithPort: String { "postgresql://\(Self.user)@/postgres?host=\(directory)&port=\(port)" }
+
+    /// `shared_quota.url` over TCP with TLS, for a server started with `tls:`.
+    var tlsURL: String { "postgresql://\(Self.user)@127.0.0.1:\(port)/postgres?sslmode=verify-full" }
+
+    private init(directory: String, password: String?, tcpPort: Int?) {
         self.directory = directory
+        self.password = password
+        self.tcpPort = tcpPort
     }
 
-    static func start() async throws -> TestPostgres {
+    /// `password`: the server asks every connection for it. `tls`: the server also listens on
+    /// a free loopback port with TLS, presenting this certificate and key.
+    static func start(password: String? = nil, tls: (certificate: String, key: String)? = nil) async throws -> TestPostgres {
         let bin = try binDirectory()
         var template = Array("/tmp/mdegate-pg-XXXXXX".utf8CString)
         guard mkdtemp(&template) != nil else { throw HarnessError("mkdtemp failed: errno \(errno)") }
         let directory = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let server = TestPostgres(directory: directory)
+        let server = TestPostgres(directory: directory, password: password, tcpPort: tls == nil ? nil : try freeLoopbackPort())
         do {
             if getuid() == 0 {
                 guard let account = getpwnam("postgres") else {
@@ -34,19 +55,74 @@ final class TestPostgres: Sendable {
                     throw HarnessError("chown \(directory) to postgres failed: errno \(errno)")
                 }
             }
-            try await server.run(
-                "\(bin)/initdb", ["-D", "\(directory)/data", "-A", "trust", "-U", user, "--no-sync", "-E", "UTF8", "--locale=C"])
-            try await server.run(
-                "\(bin)/pg_ctl",
-                [
-                    "-D", "\(directory)/data", "-l", "\(directory)/log", "-w", "-t", "30",
-                    "-o", "-k \(directory) -p \(port) -c listen_addresses='' -c fsync=off", "start",
-                ])
+            var initdb = ["-D", "\(directory)/data", "-U", user, "--no-sync", "-E", "UTF8", "--locale=C"]
+            if let password {
+                try server.writeOwned(password + "\n", to: "pwfile")
+                initdb += ["-A", "scram-sha-256", "--pwfile", "\(directory)/pwfile"]
+            } else {
+                initdb += ["-A", "trust"]
+            }
+            try await server.run("\(bin)/initdb", initdb)
+            if let tls {
+                // The server reads its key only if no one else can (mode 0600, its own user's).
+                try server.writeOwned(try String(contentsOfFile: tls.certificate, encoding: .utf8), to: "server.crt")
+                try server.writeOwned(try String(contentsOfFile: tls.key, encoding: .utf8), to: "server.key")
+            }
+            try await server.startServer()
         } catch {
             server.remove()
             throw error
         }
         return server
+    }
+
+    /// Starts the server (again, after `stopServer`) on the same directory and port.
+    func startServer() async throws {
+        let bin = try Self.binDirectory()
+        var options = "-k \(directory) -p \(port) -c fsync=off"
+        if tcpPort != nil {
+            options += " -c listen_addresses=127.0.0.1 -c ssl=on"
+                + " -c ssl_cert_file=\(directory)/server.crt -c ssl_key_file=\(directory)/server.key"
+        } else {
+            options += " -c listen_addresses=''"
+        }
+        try await run(
+            "\(bin)/pg_ctl", ["-D", "\(directory)/data", "-l", "\(directory)/log", "-w", "-t", "30", "-o", options, "start"])
+    }
+
+    /// Stops the server (a fast shutdown: connections are cut) and keeps its data.
+    func stopServer() async throws {
+        let bin = try Self.binDirectory()
+        try await run("\(bin)/pg_ctl", ["-D", "\(directory)/data", "-m", "fast", "-w", "stop"])
+    }
+
+    /// Writes a file in the server's directory that only the server's user can read.
+    private func writeOwned(_ text: String, to name: String) throws {
+        let path = "\(directory)/\(name)"
+        try text.write(toFile: path, atomically: false, encoding: .utf8)
+        chmod(path, 0o600)
+        if getuid() == 0, let account = getpwnam("postgres") {
+            chown(path, account.pointee.pw_uid, account.pointee.pw_gid)
+        }
+    }
+
+    /// A loopback port nobody listens on right now (bound once, then released).
+    private static func freeLoopbackPort() throws -> Int {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { throw HarnessError("socket failed: errno \(errno)") }
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer -> Bool in
+                bind(descriptor, pointer, length) == 0 && getsockname(descriptor, pointer, &length) == 0
+            }
+        }
+        guard bound else { throw HarnessError("bind to a free loopback port failed: errno \(errno)") }
+        return Int(UInt16(bigEndian: address.sin_port))
     }
 
     /// Stops the server at once and removes its directory.
@@ -63,7 +139,7 @@ final class TestPostgres: Sendable {
 
     func client(logger: Logger) -> PostgresClient {
         PostgresClient(
-            configuration: .init(unixSocketPath: socketPath, username: Self.user, password: nil, database: "postgres"),
+            configuration: .init(unixSocketPath: socketPath, username: Self.user, password: password, database: "postgres"),
             backgroundLogger: logger)
     }
 
