@@ -18,19 +18,21 @@ import DequeModule
 /// A granted attempt is recorded at the server's instant, but reaches the upstream only after
 /// the answer came back, the attempt was stored and sent. Two rules keep that gap inside the
 /// guard band, where it cannot cause a 429:
-/// - a grant not spent within `grantLifetime` is dropped (the slot is wasted,
+/// - a grant not spent within `grantLifetime` of its answer is dropped (the slot is wasted,
 ///   never overspent);
 /// - an attempt that left more than `lateness` after its grant was asked for is reported by
 ///   `takeLateAttempts`, and the gateway moves it that much later in the database, long before
 ///   the slot it frees (a window on) is handed out.
-/// Both are reckoned from when the grant was asked for, which is before the server recorded
+/// The delay is reckoned from when the grant was asked for, which is before the server recorded
 /// it: a gap measured that way is never shorter than the real one.
 public struct SharedLedger: QuotaLedger {
-    /// A slot the database granted: the attempt it recorded, and when it was asked for (the
-    /// server recorded the attempt after that instant, so ages reckoned from it are never short).
+    /// A slot the database granted: the attempt it recorded, when it was asked for (the server
+    /// recorded the attempt after that instant, so a delay reckoned from it is never short), and
+    /// when the answer came.
     struct Grant {
         let attempt: Int64
         let askedAt: Timestamp
+        let answeredAt: Timestamp
     }
 
     public private(set) var limits: [Limit]
@@ -55,9 +57,10 @@ public struct SharedLedger: QuotaLedger {
         self.own = Ledger(limits: limits, guardBand: guardBand, attempts: attempts)
     }
 
-    /// How long a grant stays usable after it was asked for: the guard band. An attempt sent
+    /// How long a grant stays usable after its answer came: the guard band. An attempt sent
     /// later than `lateness` is moved in the database anyway; this bounds the gap for the rare
-    /// attempt whose move cannot be written (the database went away right then).
+    /// attempt whose move cannot be written (the database went away right then) to the round
+    /// trip plus the guard band.
     public var grantLifetime: Duration { guardBand }
 
     /// An attempt that leaves more than this after its grant was asked for is moved in the
@@ -66,7 +69,7 @@ public struct SharedLedger: QuotaLedger {
 
     /// Grants that may still be spent at `now`.
     public func freshGrants(at now: Timestamp) -> Int {
-        grants.reduce(0) { $0 + ($1.askedAt > now - grantLifetime ? 1 : 0) }
+        grants.reduce(0) { $0 + ($1.answeredAt > now - grantLifetime ? 1 : 0) }
     }
 
     /// Whether the gateway should ask the database for a slot now, given how many attempts
@@ -83,11 +86,12 @@ public struct SharedLedger: QuotaLedger {
         asking = true
     }
 
-    /// The database recorded `attempt` for this host, asked for at `askedAt`.
-    public mutating func granted(attempt: Int64, askedAt: Timestamp) {
+    /// The database recorded `attempt` for this host, asked for at `askedAt`; the answer came
+    /// at `answeredAt`.
+    public mutating func granted(attempt: Int64, askedAt: Timestamp, answeredAt: Timestamp) {
         asking = false
         askAfter = nil
-        grants.append(Grant(attempt: attempt, askedAt: askedAt))
+        grants.append(Grant(attempt: attempt, askedAt: askedAt, answeredAt: answeredAt))
     }
 
     /// Attempts that left more than `lateness` after their grant was asked for, and by how much;
@@ -122,7 +126,7 @@ public struct SharedLedger: QuotaLedger {
 
     /// Spends a fresh grant, if one is held; stale ones are dropped on the way.
     public mutating func recordIfAllowed(at now: Timestamp) -> Bool {
-        while let first = grants.first, first.askedAt <= now - grantLifetime { grants.removeFirst() }
+        while let first = grants.first, first.answeredAt <= now - grantLifetime { grants.removeFirst() }
         guard let grant = grants.popFirst() else { return false }
         own.record(at: now)
         // An attempt that never departs (its commit failed) is forgotten after a minute.

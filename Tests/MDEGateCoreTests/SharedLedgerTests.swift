@@ -16,7 +16,7 @@ struct SharedLedgerTests {
         ledger.startAsking()
         #expect(!ledger.needsAsk(wanted: 3, at: millis(0)), "one request at a time")
         #expect(ledger.earliestSlot(notBefore: millis(0)) == .distantFuture, "the answer wakes the gateway, not a timer")
-        ledger.granted(attempt: 7, askedAt: millis(0))
+        ledger.granted(attempt: 7, askedAt: millis(0), answeredAt: millis(0))
         #expect(ledger.earliestSlot(notBefore: millis(1)) == millis(1))
         #expect(ledger.needsAsk(wanted: 2, at: millis(1)), "one grant held, two attempts wanted")
         #expect(!ledger.needsAsk(wanted: 1, at: millis(1)))
@@ -37,12 +37,12 @@ struct SharedLedgerTests {
         #expect(!recorded4)
     }
 
-    @Test("a grant not spent within the guard band of its request is dropped, never sent late")
+    @Test("a grant not spent within the guard band of its answer is dropped, never sent late")
     func staleGrant() {
         var ledger = SharedLedger(limits: limits, guardBand: .milliseconds(100))
         ledger.startAsking()
-        ledger.granted(attempt: 1, askedAt: millis(0))
-        #expect(ledger.freshGrants(at: millis(99)) == 1)
+        ledger.granted(attempt: 1, askedAt: millis(-40), answeredAt: millis(0))
+        #expect(ledger.freshGrants(at: millis(99)) == 1, "a slow answer does not shorten the grant's life")
         #expect(ledger.freshGrants(at: millis(100)) == 0)
         let recorded5 = ledger.recordIfAllowed(at: millis(100))
         #expect(!recorded5)
@@ -53,9 +53,9 @@ struct SharedLedgerTests {
     func lateAttempts() {
         var ledger = SharedLedger(limits: limits, guardBand: .milliseconds(100))
         ledger.startAsking()
-        ledger.granted(attempt: 11, askedAt: millis(0))
+        ledger.granted(attempt: 11, askedAt: millis(0), answeredAt: millis(0))
         ledger.startAsking()
-        ledger.granted(attempt: 12, askedAt: millis(5))
+        ledger.granted(attempt: 12, askedAt: millis(5), answeredAt: millis(5))
         let recorded6 = ledger.recordIfAllowed(at: millis(10))
         #expect(recorded6)
         let recorded7 = ledger.recordIfAllowed(at: millis(10))
@@ -79,7 +79,7 @@ struct SharedLedgerTests {
         #expect(scheduler.nextDispatch(at: millis(0)) == nil)
         scheduler.updateLedger(.cancel, as: SharedLedger.self) { $0.startAsking() }
         #expect(scheduler.nextWakeup(after: millis(0)) == nil)
-        scheduler.updateLedger(.cancel, as: SharedLedger.self) { $0.granted(attempt: 1, askedAt: millis(0)) }
+        scheduler.updateLedger(.cancel, as: SharedLedger.self) { $0.granted(attempt: 1, askedAt: millis(0), answeredAt: millis(0)) }
         #expect(scheduler.nextWakeup(after: millis(1)) == millis(1))
         #expect(scheduler.nextDispatch(at: millis(1))?.job == "r0")
         #expect(scheduler.nextDispatch(at: millis(1)) == nil, "one grant, one attempt")

@@ -117,18 +117,21 @@ extension Gateway {
         if case .success = answer { slotRoundTrips.record(answeredAt - askedAt) }
         switch answer {
         case .success(.granted(_, let attempt)):
-            scheduler.updateLedger(api, as: SharedLedger.self) { $0.granted(attempt: attempt, askedAt: askedAt) }
+            scheduler.updateLedger(api, as: SharedLedger.self) {
+                $0.granted(attempt: attempt, askedAt: askedAt, answeredAt: answeredAt)
+            }
             sharedQuotaAnswered()
         case .success(.wait(let after, _, let paused)):
-            scheduler.updateLedger(api, as: SharedLedger.self) { $0.wait(until: time + after) }
+            // From when the answer came, which is after the server's instant: never early.
+            scheduler.updateLedger(api, as: SharedLedger.self) { $0.wait(until: answeredAt + after) }
             sharedQuotaAnswered()
-            if let paused { pauseShared(api, until: time + paused) }
+            if let paused { pauseShared(api, until: answeredAt + paused) }
         case .failure(let error):
             sharedHealth.failures += 1
             let retryAt = time + sharedHealth.retryDelay
             scheduler.updateLedger(api, as: SharedLedger.self) { $0.unreachable(retryAt: retryAt) }
             sharedQuotaFailed(SharedQuotaConnection.describe(error), at: time)
-            if error is SharedQuotaTimeout { probeSharedQuota() }
+            probeSharedQuota()
         }
         requestPump()
     }
@@ -144,8 +147,9 @@ extension Gateway {
             metadata: ["api": "\(api)", "pausedUntil": "\(JSON.timestamp(until))"])
     }
 
-    /// The pool only says "no connection in time"; one connection of its own says why (refused,
-    /// a password or a certificate the server rejects), for status and the log.
+    /// The pool often says no more than "no connection in time"; one connection of its own says
+    /// why (refused, a password or a certificate the server rejects), for status and the log.
+    /// One probe at a time, so at most one per retry while the database stays away.
     private func probeSharedQuota() {
         guard let shared = sharedQuota, !sharedHealth.probing else { return }
         sharedHealth.probing = true
@@ -183,6 +187,24 @@ extension Gateway {
                 metadata: ["database": "\(sharedQuota!.connection)", "error": "\(reason)"])
         } else {
             logger.debug("shared quota database still unavailable", metadata: ["error": "\(reason)"])
+        }
+    }
+
+    /// At start-up, in the background: opens a pooled connection and makes the schema current,
+    /// so the first slot request does not pay for either. A failure here is only logged; the
+    /// slot requests report and retry it.
+    func warmUpSharedQuota() {
+        guard let shared = sharedQuota else { return }
+        let logger = self.logger
+        Task {
+            let result = await withDeadline(shared.deadline * 5) { try await shared.ensureSchema() }
+            switch result {
+            case .success: logger.info("shared quota database reachable, schema current", metadata: ["database": "\(shared.connection)"])
+            case .failure(let error):
+                logger.warning(
+                    "shared quota database not reachable at start-up; requests are admitted and wait for it",
+                    metadata: ["database": "\(shared.connection)", "error": "\(SharedQuotaConnection.describe(error))"])
+            }
         }
     }
 

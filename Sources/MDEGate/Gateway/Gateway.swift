@@ -188,6 +188,7 @@ public actor Gateway {
         for (api, until) in state.pauses where Route.named(api) != nil { scheduler.pause(api, until: until) }
         restore(state.records)
         watch(tokens)
+        warmUpSharedQuota()
         requestPump()
     }
 

@@ -104,10 +104,15 @@ func sharingTheMachine<T>(_ body: () async throws -> T) async throws -> T {
 
 /// With `MDEGATE_IT_LOG_DIR` set, keeps every rig's complete output there, one pair of files per test.
 private func saveLogs(simulator: SimulatorProcess, gateway: GatewayProcess) {
+    saveLogs([(gateway.process, "gateway"), (simulator.process, "simulator")])
+}
+
+/// With `MDEGATE_IT_LOG_DIR` set, writes each process's complete output there, named after the test.
+func saveLogs(_ processes: [(process: TestProcess, suffix: String)]) {
     guard let directory = ProcessInfo.processInfo.environment["MDEGATE_IT_LOG_DIR"], !directory.isEmpty else { return }
     try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     let name = (Test.current?.name ?? "test").filter { $0.isLetter || $0.isNumber || $0 == "_" } + "-" + randomSuffix(length: 4)
-    for (process, suffix) in [(gateway.process, "gateway"), (simulator.process, "simulator")] {
+    for (process, suffix) in processes {
         let text = (process.lines(.stdout) + process.lines(.stderr)).joined(separator: "\n") + "\n"
         try? text.write(toFile: "\(directory)/\(name).\(suffix).log", atomically: true, encoding: .utf8)
     }
