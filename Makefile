@@ -9,12 +9,14 @@ run:
 test:
 	scripts/test.sh
 
-## Measure the quota figures (the performance targets in docs/benchmarks.md) in a release build; latency
-## measures nginx-light's proxy_pass next to mdegate (scripts/install-bench-deps.sh installs it).
+## Measure the quota figures (the performance targets in docs/benchmarks.md) in a release build: one
+## gateway, then three sharing one quota in PostgreSQL; latency measures nginx-light's proxy_pass next
+## to mdegate (scripts/install-bench-deps.sh installs both).
 bench:
 	scripts/install-bench-deps.sh
 	swift build -c release $(BUILDFLAGS)
 	$$(swift build -c release --show-bin-path $(BUILDFLAGS))/mdegate-bench burst
+	$$(swift build -c release --show-bin-path $(BUILDFLAGS))/mdegate-bench shared --hosts 3
 	$$(swift build -c release --show-bin-path $(BUILDFLAGS))/mdegate-bench latency
 
 build:

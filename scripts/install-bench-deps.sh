@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs what `make bench` needs: the build's Debian packages (scripts/install-deps.sh) plus
+# Installs what `make bench` needs: the build's Debian packages and PostgreSQL's server, which the
+# `shared` scenario starts a throwaway instance of (scripts/install-deps.sh --tests), plus
 # nginx-light, whose nginx is the latency scenario's anchor (proxy_pass on a Unix socket; the
 # benchmark starts and stops its own nginx). Skipped when an nginx is already installed.
 # Note: installing the package also enables Debian's own nginx service (port 80) where systemd runs.
 set -euo pipefail
 
-"$(dirname "$0")/install-deps.sh"
+"$(dirname "$0")/install-deps.sh" --tests
 
 if dpkg-query -W -f='${Status}' nginx-light 2>/dev/null | grep -q "install ok installed" \
     || command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then

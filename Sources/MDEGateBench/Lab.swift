@@ -24,10 +24,22 @@ final class Lab: Sendable {
         return simulator
     }
 
-    func startDaemon(_ settings: RunningDaemon.Settings, simulator: RunningSimulator) throws -> RunningDaemon {
-        let daemon = try RunningDaemon.start(settings, simulator: simulator, in: workspace, environment: environment)
+    /// `directory`: a subdirectory of the workspace of its own (one per daemon when several run).
+    func startDaemon(_ settings: RunningDaemon.Settings, simulator: RunningSimulator, directory: String? = nil) throws -> RunningDaemon {
+        var place = workspace
+        if let directory {
+            place = Workspace(path: workspace.file(directory))
+            try FileManager.default.createDirectory(atPath: place.path, withIntermediateDirectories: true)
+        }
+        let daemon = try RunningDaemon.start(settings, simulator: simulator, in: place, environment: environment)
         started.withLock { $0.append(daemon.process) }
         return daemon
+    }
+
+    func startPostgres() throws -> RunningPostgres {
+        let postgres = try RunningPostgres.start(in: workspace, environment: environment)
+        started.withLock { $0.append(postgres.process) }
+        return postgres
     }
 
     func startNginx(executable: String, simulator: RunningSimulator) throws -> RunningNginx {

@@ -266,6 +266,8 @@ struct RunningDaemon: Sendable {
         var maxPending = 100_000
         /// OAuth2 with the simulator's client secret instead of a token file.
         var clientSecret = false
+        /// `shared_quota.url` and `host_name`: this daemon shares the quota with others.
+        var sharedQuota: (url: String, hostName: String)?
     }
 
     /// Writes the configuration (first start only) and starts `mdegate serve`.
@@ -307,6 +309,7 @@ struct RunningDaemon: Sendable {
                   max_pending: \(settings.maxPending)
                 log:
                   level: \(environment.logLevel)
+                \(settings.sharedQuota.map { "shared_quota:\n  url: \"\($0.url)\"\n  host_name: \"\($0.hostName)\"" } ?? "")
 
                 """
             try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)

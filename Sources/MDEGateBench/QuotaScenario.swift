@@ -25,6 +25,11 @@ struct QuotaScenario: Sendable {
     /// One API reports as before; several report utilization and lag per API (keys prefixed
     /// with the API's name) and the violations of every API.
     var apis: [BenchAPI] = [.cancel]
+    /// Gateways sharing one quota in a throwaway PostgreSQL server (`shared`); the requests are
+    /// dealt over their sockets in turn. 1 without `sharedQuota`: the single host of every
+    /// other scenario.
+    var hosts = 1
+    var sharedQuota = false
 
     /// What one synchronous caller saw.
     private struct Call: Sendable {
@@ -45,31 +50,72 @@ struct QuotaScenario: Sendable {
         report.set("limits", .string(limits.map(\.spec).joined(separator: ",")))
         report.set("guard_ms", .double(Double(guardBand.nanoseconds) / 1e6))
         report.set("upstream_delay_ms", .double(Double(upstreamDelay?.nanoseconds ?? 0) / 1e6))
+        report.set("hosts", .int(hosts))
 
         let simulator = try lab.startSimulator(limits: limits, delay: upstreamDelay)
-        let daemon = try lab.startDaemon(
-            .init(limits: limits, guardBand: guardBand, maxConcurrency: maxConcurrency, maxPending: max(100_000, requests * apis.count + 10)),
-            simulator: simulator)
+        let postgres = sharedQuota ? try lab.startPostgres() : nil
+        var settings = RunningDaemon.Settings(
+            limits: limits, guardBand: guardBand, maxConcurrency: maxConcurrency, maxPending: max(100_000, requests * apis.count + 10))
+        var daemons: [RunningDaemon] = []
+        for index in 0..<hosts {
+            let name = "host-\(index + 1)"
+            settings.sharedQuota = postgres.map { ($0.url, name) }
+            daemons.append(try lab.startDaemon(settings, simulator: simulator, directory: hosts > 1 ? name : nil))
+        }
+        let daemon = daemons[0]
         try simulator.reset(timeoutSeconds: 10)
 
         let probe = probeLedger ? LedgerProbe(daemon: daemon, requests: requests, limits: limits, guardBand: guardBand) : nil
         let probing = probe.map { probe in Task { await onThreads(1) { _ in probe.run(until: lab.environment.softDeadlineMonotonic) } } }
-        let calls = try await fire(at: daemon.endpoint, timeoutSeconds: lab.environment.secondsLeft)
+        let calls = try await fire(at: daemons.map(\.endpoint), timeoutSeconds: lab.environment.secondsLeft)
         probe?.stop()
         await probing?.value
         let stats = try simulator.stats(timeoutSeconds: 30)
-        guard daemon.process.isRunning else {
-            throw BenchError("the daemon exited during the run:\n\(daemon.process.logTail())")
+        for daemon in daemons where !daemon.process.isRunning {
+            throw BenchError("a daemon exited during the run:\n\(daemon.process.logTail())")
         }
         analyse(calls: calls, stats: stats, recorded: probe?.recordedTimes ?? [:], into: &report)
+        if sharedQuota { try reportSlotRequests(of: daemons, into: &report) }
         if let probe, let arrivals = stats.arrivalTimesNs {
             probe.analyse(arrivals: arrivals, into: &report)
         }
         return report
     }
 
-    /// Connects every caller first, then releases them together.
-    private func fire(at endpoint: Endpoint, timeoutSeconds: Double) async throws -> [Call] {
+    /// What each host's slot requests to PostgreSQL took (its status keeps the last 1,000): the
+    /// time an attempt spends on the shared ledger before it can be stored and sent.
+    private func reportSlotRequests(of daemons: [RunningDaemon], into report: inout Report) throws {
+        var p50s: [Double] = []
+        var p99s: [Double] = []
+        var samples = 0
+        for daemon in daemons {
+            let status = try daemon.status(timeoutSeconds: 10)
+            guard let shared = status["sharedQuota"] as? [String: Any],
+                let trips = shared["slotRequests"] as? [String: Any],
+                let p50 = trips["p50Ms"] as? Double, let p99 = trips["p99Ms"] as? Double, let count = trips["samples"] as? Int
+            else {
+                report.note("a host reported no slot requests in its status")
+                continue
+            }
+            p50s.append(p50)
+            p99s.append(p99)
+            samples += count
+        }
+        guard !p50s.isEmpty else { return }
+        let perHost = zip(p50s, p99s).map { String(format: "%.2f/%.2f", $0, $1) }.joined(separator: ", ")
+        report.info(
+            "slot request to PostgreSQL, p50/p99 per host (ms)", perHost, key: "slot_request_p99_max_ms",
+            round4(p99s.max() ?? .nan))
+        report.set("slot_request_p50_median_ms", round4(p50s.sorted()[p50s.count / 2]))
+        report.info("slot requests answered (every host)", "\(samples)", key: "slot_requests", .int(samples))
+        report.note(
+            "a slot request is one round trip to mdegate_take_slot (advisory lock, count, insert, commit) on a local "
+                + "server with fsync on; an attempt waits for it before it is stored and sent. More requests than arrivals: "
+                + "refusals (wait answers) and grants that went stale unspent.")
+    }
+
+    /// Connects every caller first, then releases them together; caller `i` uses endpoint `i % count`.
+    private func fire(at endpoints: [Endpoint], timeoutSeconds: Double) async throws -> [Call] {
         let count = requests * apis.count
         let apis = apis
         let clients = clients
@@ -84,7 +130,7 @@ struct QuotaScenario: Sendable {
                 var call = Call()
                 let connection: HTTPConnection?
                 do {
-                    connection = try HTTPConnection(endpoint, timeoutSeconds: timeoutSeconds)
+                    connection = try HTTPConnection(endpoints[index % endpoints.count], timeoutSeconds: timeoutSeconds)
                 } catch {
                     connection = nil
                     call.error = "\(error)"

@@ -68,6 +68,14 @@ struct Report: Sendable {
 
     mutating func note(_ text: String) { notes.append(text) }
 
+    /// Adds `other`'s figures after this report's own, labels and keys prefixed: a baseline run
+    /// in the same invocation.
+    mutating func absorb(_ other: Report, label: String, key: String) {
+        rows += other.rows.map { Row(label: label + $0.label, value: $0.value, target: $0.target, verdict: $0.verdict) }
+        summary += other.summary.filter { $0.key != "scenario" && $0.key != "build" }.map { (key + $0.key, $0.value) }
+        notes += other.notes.map { label + $0 }
+    }
+
     mutating func set(_ key: String, _ value: Scalar) { summary.append((key, value)) }
 
     func printBlock() {

@@ -19,7 +19,7 @@ struct Bench: AsyncParsableCommand {
             socket in a fresh /tmp/mdb.* directory) and stops both at the end. Prints one block of \
             figures with each target (docs/benchmarks.md) and "met" or "MISSED", then one JSON line.
             """,
-        subcommands: [Burst.self, Sustained.self, Admission.self, Latency.self, Auth.self],
+        subcommands: [Burst.self, Sustained.self, SharedBurst.self, Admission.self, Latency.self, Auth.self],
         defaultSubcommand: Burst.self)
 }
 
@@ -216,6 +216,49 @@ struct Sustained: AsyncParsableCommand {
             name: "sustained", requests: 300, limits: "100/1m,1500/1h", guardBand: .milliseconds(250),
             utilizationTarget: 0.99, targetContext: "at 100/1m + 1500/1h")
         try await common.run(defaultTimeout: scenario.defaultTimeout) { try await scenario.run(in: $0) }
+    }
+}
+
+struct SharedBurst: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "shared",
+        abstract: "A burst over several gateways sharing one quota in PostgreSQL, next to the same burst on one gateway alone.",
+        discussion: """
+            Starts a throwaway PostgreSQL server (Debian's postgresql, a Unix socket in a /tmp/mdb-pg.* \
+            directory), one strict simulator and --hosts gateways with the same shared_quota.url, and deals \
+            the synchronous cancels over their sockets. Reports the combined utilization, violations, the \
+            time a slot request to PostgreSQL takes, and first the same burst through one gateway without \
+            a shared quota, in the same run.
+            """)
+
+    @Option(help: "How many gateways share the quota.")
+    var hosts = 3
+
+    @OptionGroup var quota: QuotaOptions
+    @OptionGroup var common: CommonOptions
+
+    func validate() throws {
+        guard (2...16).contains(hosts) else { throw ValidationError("--hosts must be 2...16") }
+    }
+
+    func run() async throws {
+        var shared = quota.scenario(
+            name: "shared", requests: 36, limits: "5/1s,12/4s", guardBand: .milliseconds(30),
+            utilizationTarget: 0.97, targetContext: "at 5/1s + 12/4s, 30ms guard")
+        var single = shared
+        single.name = "single"
+        shared.hosts = hosts
+        shared.sharedQuota = true
+        let hosts = hosts
+        let (alone, together) = (single, shared)
+        try await common.run(defaultTimeout: 2 * shared.defaultTimeout) { lab in
+            let baseline = try await alone.run(in: lab)
+            lab.tearDown(showLogs: false)
+            var report = try await together.run(in: lab)
+            report.title = "shared: \(hosts) gateways, one quota in PostgreSQL; \(report.title)"
+            report.absorb(baseline, label: "one gateway alone: ", key: "single_")
+            return report
+        }
     }
 }
 
