@@ -39,6 +39,7 @@ public enum ConfigurationKey: String, CaseIterable, Sendable {
     case retryMaxBackoff = "retry.max_backoff"
     case queueMaxPending = "queue.max_pending"
     case logLevel = "log.level"
+    case logFormat = "log.format"
     case sharedQuotaURL = "shared_quota.url"
     case sharedQuotaPasswordFile = "shared_quota.password_file"
     case sharedQuotaCAFile = "shared_quota.ca_file"

@@ -290,6 +290,13 @@ struct SettingsReader {
                 fail(.logLevel, "\(quoted(text)) is not a log level; write one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
             }
         }
+        if let text = text(.logFormat) {
+            if let format = GatewayConfiguration.Log.Format(rawValue: text.lowercased()) {
+                configuration.log.format = format
+            } else {
+                fail(.logFormat, "\(quoted(text)) is not a log format; write text or json")
+            }
+        }
     }
 
     private mutating func readSharedQuota(into configuration: inout GatewayConfiguration) {

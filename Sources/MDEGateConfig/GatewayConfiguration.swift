@@ -213,9 +213,17 @@ public struct GatewayConfiguration: Sendable, Equatable {
 
     public struct Log: Sendable, Equatable {
         public var level: Logger.Level
+        /// `text` (one readable line per event) or `json` (one JSON object per line, for log
+        /// shippers). Under systemd either starts with the syslog priority.
+        public var format: Format
 
-        public init(level: Logger.Level = .info) {
+        public enum Format: String, CaseIterable, Sendable {
+            case text, json
+        }
+
+        public init(level: Logger.Level = .info, format: Format = .text) {
             self.level = level
+            self.format = format
         }
     }
 }

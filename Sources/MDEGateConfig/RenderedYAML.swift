@@ -67,6 +67,7 @@ extension GatewayConfiguration {
         case .retryMaxBackoff: retry.maxBackoff.configString
         case .queueMaxPending: String(queue.maxPending)
         case .logLevel: log.level.rawValue
+        case .logFormat: log.format.rawValue
         case .sharedQuotaURL: YAMLText.quoted(sharedQuota.url ?? "")
         case .sharedQuotaPasswordFile: YAMLText.quoted(sharedQuota.passwordFile ?? "")
         case .sharedQuotaCAFile: YAMLText.quoted(sharedQuota.caFile ?? "")
@@ -129,10 +130,13 @@ extension GatewayConfiguration {
         // The connection to the shared ledger is opened once; which ledger the host spends must
         // not change under requests already admitted.
         needsRestart += SharedQuota.changedKeys(from: sharedQuota, to: reloaded.sharedQuota)
+        // The log's format is set when logging starts; its level follows a reload.
+        if reloaded.log.format != log.format { needsRestart.append(.logFormat) }
         var effective = reloaded
         effective.socket = socket
         effective.state = state
         effective.sharedQuota = sharedQuota
+        effective.log.format = log.format
         return (effective, needsRestart)
     }
 }

@@ -69,9 +69,9 @@ public struct SharedQuotaDatabase: Sendable {
         throw SharedQuotaError("the shared quota database returned no slot decision")
     }
 
-    /// Moves a granted attempt `delay` later: it left that much after its grant arrived (a slow
-    /// local commit), and the upstream counts it from when it arrives, not from the grant.
-    /// Moving an attempt later only ever delays later slots.
+    /// Moves a granted attempt `delay` later: it left that much after its grant was asked for (a
+    /// slow answer or local commit), and the upstream counts it from when it arrives, not from
+    /// the grant. Moving an attempt later only ever delays later slots.
     public func delay(attempt: Int64, by delay: Duration) async throws {
         let milliseconds = Double(delay.nanoseconds) / 1e6
         try await client.query(

@@ -154,7 +154,7 @@ struct LoadingTests {
             .authClientCertificateFile: "/d.pem", .authClientKeyFile: "/e.pem", .authTokenURL: "https://t/{tenant_id}",
             .authScope: "s", .quotaLimits: "7/7s", .quotaGuard: "7ms", .retryMaxAttempts: "7",
             .retryInitialBackoff: "7s", .retryMaxBackoff: "8s", .queueMaxPending: "9", .logLevel: "critical",
-            .sharedQuotaURL: "postgresql://gw@db.example:6543/ledger", .sharedQuotaPasswordFile: "/f.pw",
+            .logFormat: "json", .sharedQuotaURL: "postgresql://gw@db.example:6543/ledger", .sharedQuotaPasswordFile: "/f.pw",
             .sharedQuotaCAFile: "/g.pem", .sharedQuotaKey: "k", .sharedQuotaHostName: "h",
         ]
         for key in ConfigurationKey.apiOverrides { values[key] = "3/3s" }
@@ -174,7 +174,7 @@ struct LoadingTests {
             quota: .init(limits: [Limit(calls: 7, window: .seconds(7))], guardBand: .milliseconds(7)),
             retry: .init(maxAttempts: 7, initialBackoff: .seconds(7), maxBackoff: .seconds(8)),
             queue: .init(maxPending: 9),
-            log: .init(level: .critical))
+            log: .init(level: .critical, format: .json))
         for key in ConfigurationKey.apiOverrides { expected.quota.apis[key.apiName!] = [Limit(calls: 3, window: .seconds(3))] }
         expected.sharedQuota.url = "postgresql://gw@db.example:6543/ledger"
         expected.sharedQuota.endpoint = .tcp(host: "db.example", port: 6543)

@@ -20,7 +20,9 @@ public enum Daemon {
         let loaded = try GatewayConfiguration.load(path: configPath)
         let configuration = loaded.configuration
         let logLevel = LogLevelSwitch(configuration.log.level)
-        LoggingSystem.bootstrap(logLevel.standardErrorHandler)
+        LoggingSystem.bootstrap(
+            logLevel.standardErrorHandler(
+                format: LogLineFormat(json: configuration.log.format == .json, journal: LogLineFormat.stderrIsJournal())))
         let logger = Logger(label: "mdegate")
         for warning in loaded.warnings {
             logger.warning("configuration: \(warning)", metadata: ["config": "\(configPath)"])

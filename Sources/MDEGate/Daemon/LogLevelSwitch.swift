@@ -17,11 +17,10 @@ public final class LogLevelSwitch: Sendable {
         set { index.store(Self.index(of: newValue), ordering: .relaxed) }
     }
 
-    /// A handler factory for `LoggingSystem.bootstrap`: standard error, at this switch's level.
-    public func standardErrorHandler(label: String) -> any LogHandler {
-        var base = StreamLogHandler.standardError(label: label)
-        base.logLevel = .trace
-        return SwitchedLogHandler(base: base, levelSwitch: self)
+    /// A handler factory for `LoggingSystem.bootstrap`: standard error in `format`, at this
+    /// switch's level.
+    public func standardErrorHandler(format: LogLineFormat) -> @Sendable (String) -> any LogHandler {
+        { label in SwitchedLogHandler(base: LineLogHandler(label: label, format: format), levelSwitch: self) }
     }
 
     private static func index(of level: Logger.Level) -> Int {

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import MDEGateCore
 import MDEGateTransport
 import MDEGateWire
@@ -120,14 +121,21 @@ extension Gateway {
                 // The caller is answered now; the outcome is written with the next commit.
                 resumeWaiters(of: member)
             }
-            logger.info(
-                "request finished",
-                metadata: [
-                    "request": "\(dispatch.job)", "api": "\(dispatch.api)",
-                    "target": "\(finishedMembers.lazy.compactMap { self.records[$0]?.call.target }.first ?? "-")",
+            // One line per request: who asked, what, and how it ended (a coalesced request
+            // has its own line, naming the request it rode on).
+            for member in finishedMembers {
+                guard let record = records[member] else { continue }
+                var metadata: Logger.Metadata = [
+                    "request": "\(member)", "api": "\(record.call.api)", "target": "\(record.call.target)",
+                    "uid": "\(record.client.uid)", "pid": "\(record.client.pid)",
                     "status": "\(answer.map { String($0.status) } ?? "no answer")", "attempts": "\(attempts)",
-                    "requests": "\(finishedMembers.count)",
-                ].merging(failure.map { ["error": "\($0)"] } ?? [:]) { $1 })
+                    "durationMs": "\(((time - record.createdAt).seconds * 1000).rounded())",
+                ]
+                if let name = record.client.name { metadata["client"] = "\(name)" }
+                if member != dispatch.job { metadata["joined"] = "\(dispatch.job)" }
+                if let failure { metadata["error"] = "\(failure)" }
+                logger.info("request finished", metadata: metadata)
+            }
         case .retrying(let at, let attempts):
             logger.notice(
                 "attempt failed; retrying",

@@ -16,6 +16,13 @@ struct GatewayOptions: Sendable {
     var requestTimeout = "5s"
     var maxConcurrency = 8
     var logLevel = "debug"
+    /// `log.format`.
+    var logFormat = "text"
+    /// Start the daemon as systemd would connect it to the journal: `JOURNAL_STREAM` names its
+    /// stderr (device and inode, read by the shell that then becomes the daemon).
+    var journalStream = false
+    /// Extra environment for the daemon.
+    var environment: [String: String] = [:]
     var credential = Credential.tokenFile
     /// `upstream.ca_file`, `upstream.proxy`.
     var caFile: String?
@@ -88,6 +95,7 @@ struct GatewayOptions: Sendable {
           max_pending: \(maxPending)
         log:
           level: \(logLevel)
+          format: \(logFormat)
         \(sharedQuotaYAML)
         """
     }
@@ -117,12 +125,17 @@ final class GatewayProcess: Sendable {
         try directory.write(options.tokenFileContent ?? upstream.token, to: "token")
         try directory.write(upstream.clientSecret + "\n", to: "client-secret")
         try directory.write(options.yaml(directory: directory, upstream: upstream.baseURL), to: "config.yaml")
-        let process = try TestProcess(
-            name: "mdegate serve",
-            executable: Binaries.gateway,
-            arguments: ["serve", "--config", configPath],
-            environment: TestProcess.environment()
-        )
+        let serve = ["serve", "--config", configPath]
+        let process =
+            options.journalStream
+            ? try TestProcess(
+                name: "mdegate serve",
+                executable: URL(fileURLWithPath: "/bin/sh"),
+                arguments: ["-c", "export JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2); exec \"$0\" \"$@\"", Binaries.gateway.path] + serve,
+                environment: TestProcess.environment(adding: options.environment))
+            : try TestProcess(
+                name: "mdegate serve", executable: Binaries.gateway, arguments: serve,
+                environment: TestProcess.environment(adding: options.environment))
         do {
             try await process.waitForLine(containing: "mdegate is ready")
             client = try GatewayClient(socketPath: socketPath)
