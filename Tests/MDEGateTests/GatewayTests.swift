@@ -259,6 +259,11 @@ struct GatewayTests {
         #expect(String(decoding: withdrawal.body, as: UTF8.self).contains(#""code":"StoreUnavailable""#))
         #expect(withdrawal.headers.contains { $0.name == "Retry-After" })
         #expect(upstream.arrivals.isEmpty)
+
+        // A gateway whose store keeps failing writes again every second for as long as the
+        // test process lives: let the store recover and the gateway settle.
+        store.setFailing(false)
+        try await gateway.drain().get()
     }
 
     @Test("a reload that lengthens a window counts again, from the store, the attempts the ledger had let go of")
