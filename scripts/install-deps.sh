@@ -7,9 +7,11 @@ set -euo pipefail
 
 packages=(libcurl4-openssl-dev libsqlite3-dev pkg-config curl openssl)
 # --tests: also Debian's PostgreSQL server, which the shared-quota tests start a throwaway
-# instance of (initdb + pg_ctl in a temporary directory; no system service is used).
+# instance of (initdb + pg_ctl in a temporary directory; no system service is used), and
+# Debian's Prometheus: the metrics test starts a server that scrapes the daemon, and promtool
+# checks the exposition and tests contrib/'s alert rules.
 if [ "${1:-}" = "--tests" ]; then
-    packages+=(postgresql)
+    packages+=(postgresql prometheus)
 fi
 missing=()
 for package in "${packages[@]}"; do

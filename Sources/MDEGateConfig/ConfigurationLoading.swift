@@ -138,6 +138,7 @@ struct SettingsReader {
             }
         }
         if let path = path(.statePath) { configuration.state.path = path }
+        if let retention = duration(.stateRetention, mayBeZero: false) { configuration.state.retention = retention }
     }
 
     private mutating func readUpstream(into configuration: inout GatewayConfiguration) {
@@ -295,6 +296,13 @@ struct SettingsReader {
                 configuration.log.format = format
             } else {
                 fail(.logFormat, "\(quoted(text)) is not a log format; write text or json")
+            }
+        }
+        if let text = text(.metricsAddress) {
+            if let address = GatewayConfiguration.Metrics.Address(parsing: text) {
+                configuration.metrics.address = address
+            } else {
+                fail(.metricsAddress, "\(quoted(text)) is not an address and port; write one such as \"127.0.0.1:9469\", \"[::1]:9469\" or \"localhost:9469\" (or \"\" for the socket's /metrics only)")
             }
         }
     }

@@ -22,6 +22,7 @@ public struct GatewayConfiguration: Sendable, Equatable {
     public var retry: Retry
     public var queue: Queue
     public var log: Log
+    public var metrics: Metrics
     public var sharedQuota: SharedQuota
 
     /// Where `mdegate serve` and `check-config` look when no `--config` is given.
@@ -36,8 +37,10 @@ public struct GatewayConfiguration: Sendable, Equatable {
         retry: Retry = Retry(),
         queue: Queue = Queue(),
         log: Log = Log(),
+        metrics: Metrics = Metrics(),
         sharedQuota: SharedQuota = SharedQuota()
     ) {
+        self.metrics = metrics
         self.socket = socket
         self.state = state
         self.upstream = upstream
@@ -66,9 +69,12 @@ public struct GatewayConfiguration: Sendable, Equatable {
     /// The SQLite database that keeps queue, ledger and pause across restarts.
     public struct State: Sendable, Equatable {
         public var path: String
+        /// How long finished requests are kept, for polling and the audit listing.
+        public var retention: Duration
 
-        public init(path: String = "/var/lib/mdegate/state.sqlite") {
+        public init(path: String = "/var/lib/mdegate/state.sqlite", retention: Duration = .seconds(86_400)) {
             self.path = path
+            self.retention = retention
         }
     }
 
@@ -229,6 +235,48 @@ public struct GatewayConfiguration: Sendable, Equatable {
 }
 
 extension GatewayConfiguration {
+    /// Where Prometheus scrapes the metrics over TCP (it cannot reach a Unix socket). Nil: only
+    /// `GET /metrics` on the socket.
+    public struct Metrics: Sendable, Equatable {
+        public struct Address: Sendable, Equatable, CustomStringConvertible {
+            /// An IP address (IPv6 without brackets) or a host name.
+            public var host: String
+            public var port: Int
+
+            public init(host: String, port: Int) {
+                self.host = host
+                self.port = port
+            }
+
+            /// `host:port`, IPv6 in brackets: the form the key is written in.
+            public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+            /// `127.0.0.1:9469`, `[::1]:9469` or `localhost:9469`; nil for anything else.
+            public init?(parsing text: String) {
+                let host: Substring
+                let port: Substring
+                if text.hasPrefix("[") {
+                    guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else { return nil }
+                    host = text[text.index(after: text.startIndex)..<close]
+                    port = text[text.index(close, offsetBy: 2)...]
+                } else {
+                    guard let colon = text.lastIndex(of: ":"), !text[..<colon].contains(":") else { return nil }
+                    host = text[..<colon]
+                    port = text[text.index(after: colon)...]
+                }
+                guard !host.isEmpty, !host.contains(where: \.isWhitespace), let number = Int(port), (1...65_535).contains(number)
+                else { return nil }
+                self.init(host: String(host), port: number)
+            }
+        }
+
+        public var address: Address?
+
+        public init(address: Address? = nil) {
+            self.address = address
+        }
+    }
+
     /// One quota across hosts: the ledger in PostgreSQL that the mdegates of one app registration
     /// share (`shared_quota.*`). Without a `url`, this host spends the quota alone.
     public struct SharedQuota: Sendable, Equatable {

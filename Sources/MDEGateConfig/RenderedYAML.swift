@@ -41,6 +41,7 @@ extension GatewayConfiguration {
         case .socketPath: YAMLText.quoted(socket.path)
         case .socketMode: YAMLText.quoted(Self.octal(socket.mode))
         case .statePath: YAMLText.quoted(state.path)
+        case .stateRetention: state.retention.configString
         case .upstreamCloud: upstream.cloud.rawValue
         case .upstreamBaseURL: YAMLText.quoted(upstream.baseURL)
         case .upstreamConnectTimeout: upstream.connectTimeout.configString
@@ -68,6 +69,7 @@ extension GatewayConfiguration {
         case .queueMaxPending: String(queue.maxPending)
         case .logLevel: log.level.rawValue
         case .logFormat: log.format.rawValue
+        case .metricsAddress: YAMLText.quoted(metrics.address?.description ?? "")
         case .sharedQuotaURL: YAMLText.quoted(sharedQuota.url ?? "")
         case .sharedQuotaPasswordFile: YAMLText.quoted(sharedQuota.passwordFile ?? "")
         case .sharedQuotaCAFile: YAMLText.quoted(sharedQuota.caFile ?? "")
@@ -132,11 +134,14 @@ extension GatewayConfiguration {
         needsRestart += SharedQuota.changedKeys(from: sharedQuota, to: reloaded.sharedQuota)
         // The log's format is set when logging starts; its level follows a reload.
         if reloaded.log.format != log.format { needsRestart.append(.logFormat) }
+        // The metrics listener is bound once, like the socket.
+        if reloaded.metrics != metrics { needsRestart.append(.metricsAddress) }
         var effective = reloaded
         effective.socket = socket
         effective.state = state
         effective.sharedQuota = sharedQuota
         effective.log.format = log.format
+        effective.metrics = metrics
         return (effective, needsRestart)
     }
 }

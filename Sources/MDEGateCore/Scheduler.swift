@@ -423,6 +423,14 @@ public struct Scheduler: Sendable {
         lanes[lane(api)].queuedJobs
     }
 
+    /// The ends of `api`'s queues, for metrics: `first`, the job at the head of every client's
+    /// queue and every job backing off (the longest waiting job is among them); `last`, the
+    /// job at the tail of every client's queue (the last to leave is among them).
+    public func queueEnds(_ api: UpstreamAPI) -> (first: [RequestID], last: [RequestID]) {
+        let lane = lanes[lane(api)]
+        return (lane.queues.values.compactMap(\.first) + lane.backingOff.keys, lane.queues.values.compactMap(\.last))
+    }
+
     /// Where a queued request stands: its 1-based place in its lane's order of dispatch under
     /// round-robin, and the instant that place's slot opens if nothing else changes. Nil unless
     /// queued.

@@ -80,7 +80,8 @@ struct ConfigReloader: Service {
             tokens = oldTokens
         } else {
             do {
-                tokens = try configuration.auth.makeTokenSource(transport: transport, logger: Logger(label: "mdegate.auth"))
+                tokens = try configuration.auth.makeTokenSource(
+                    transport: transport, logger: Logger(label: "mdegate.auth"), metrics: gateway.metrics)
             } catch {
                 if transport !== oldTransport { transport.shutdown() }
                 logger.error(

@@ -42,9 +42,11 @@ public enum Daemon {
 
         let transport = try CurlTransport(
             configuration: .init(configuration.upstream), logger: Logger(label: "mdegate.transport"))
+        let metrics = GatewayMetrics()
         let tokens: any TokenSource
         do {
-            tokens = try configuration.auth.makeTokenSource(transport: transport, logger: Logger(label: "mdegate.auth"))
+            tokens = try configuration.auth.makeTokenSource(
+                transport: transport, logger: Logger(label: "mdegate.auth"), metrics: metrics)
         } catch {
             transport.shutdown()
             throw DaemonError("\(error)")
@@ -83,7 +85,13 @@ public enum Daemon {
             tokens: tokens,
             eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
             logger: logger,
-            sharedQuota: sharedQuota)
+            sharedQuota: sharedQuota,
+            metrics: metrics)
+        // Bound before anything is dispatched, so a port in use stops the start cleanly.
+        var metricsServer: MetricsServer?
+        if let address = configuration.metrics.address {
+            metricsServer = try await MetricsServer.bind(address, gateway: gateway, logger: Logger(label: "mdegate.metrics"))
+        }
         try await gateway.start()
 
         let limits = configuration.quota.limits.map(\.spec).joined(separator: " + ")
@@ -111,6 +119,7 @@ public enum Daemon {
                 service: ConfigReloader(
                     signals: reloadSignals, configPath: configPath, gateway: gateway, notifier: notifier,
                     logger: logger, running: running, logLevel: logLevel)))
+        if let metricsServer { serviceList.append(.init(service: metricsServer)) }
         serviceList.append(.init(service: server))
         var serviceConfiguration = ServiceGroupConfiguration(
             services: serviceList,
@@ -142,6 +151,7 @@ extension Gateway.Settings {
                 maxBackoff: configuration.retry.maxBackoff),
             maxConcurrency: configuration.upstream.maxConcurrency,
             maxPending: configuration.queue.maxPending)
+        retention = configuration.state.retention
         apiLimits = Dictionary(uniqueKeysWithValues: configuration.quota.apis.map { (UpstreamAPI($0.key), $0.value) })
     }
 }

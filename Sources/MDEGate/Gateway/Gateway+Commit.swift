@@ -61,7 +61,13 @@ extension Gateway {
         let attempts = batch.attempts
         let upstream = self.upstream
         let now = self.now
+        let metrics = self.metrics
+        let cut = now()
         store.commit(changes) { result in
+            switch result {
+            case .success: metrics.storeCommit.record(now() - cut)
+            case .failure: metrics.storeErrors.increment()
+            }
             // The attempts leave from here, the thread the commit returned on, without waiting
             // for the loop: one thread hand-off less before the upstream sees them. The loop
             // records their departure in the same turn as the rest of the batch.
@@ -69,10 +75,14 @@ extension Gateway {
             if case .success = result {
                 departures.reserveCapacity(attempts.count)
                 for attempt in attempts {
-                    departures.append(now())
+                    let departure = now()
+                    departures.append(departure)
                     upstream.send(attempt.call, token: attempt.token) { outcome in
+                        let took = now() - departure
                         loop.execute {
-                            self.assumeIsolated { $0.finish(attempt.dispatch, token: attempt.token, result: outcome) }
+                            self.assumeIsolated {
+                                $0.finish(attempt.dispatch, token: attempt.token, result: outcome, took: took)
+                            }
                         }
                     }
                 }
@@ -105,7 +115,8 @@ extension Gateway {
             // The attempts left already (see `commitIfIdle`); an answer may even be back, which
             // `finish` handled, and a waiter registered below then finds its request final.
             for (attempt, instant) in zip(batch.attempts, departures) {
-                departed(attempt.dispatch, dispatchedAt: attempt.dispatchedAt, at: instant)
+                departed(
+                    attempt.dispatch, dispatchedAt: attempt.dispatchedAt, eligibleSince: attempt.eligibleSince, at: instant)
             }
             for followUp in batch.followUps {
                 switch followUp {
@@ -134,7 +145,7 @@ extension Gateway {
             for followUp in batch.followUps {
                 switch followUp {
                 case .admission: break
-                case .attempt(let dispatch, _, _, _): notSent(dispatch, error: error)
+                case .attempt(let dispatch, _, _, _, _): notSent(dispatch, error: error)
                 // Withdrawn in memory (its waiters were answered); written again later.
                 case .withdrawal(_, let promise): promise.fail(error)
                 case .drained(let promise): promise.fail(error)
@@ -229,8 +240,10 @@ struct CommitBatch {
     enum FollowUp {
         /// A new request: answer its caller, or start waiting for its answer.
         case admission(RequestID, Gateway.Waiting, EventLoopPromise<Gateway.Answer>)
-        /// An attempt: it leaves as soon as the commit returned.
-        case attempt(Scheduler.Dispatch, token: String, call: UpstreamCall, dispatchedAt: Timestamp)
+        /// An attempt: it leaves as soon as the commit returned. `eligibleSince`: when it could
+        /// have left (its dispatch lag is counted from there).
+        case attempt(
+            Scheduler.Dispatch, token: String, call: UpstreamCall, dispatchedAt: Timestamp, eligibleSince: Timestamp)
         case withdrawal(RequestID, EventLoopPromise<Gateway.Withdrawal>)
         case drained(EventLoopPromise<Void>)
     }
@@ -253,10 +266,12 @@ struct CommitBatch {
     }
 
     /// The attempts the batch carries, in the order they were dispatched.
-    var attempts: [(dispatch: Scheduler.Dispatch, token: String, call: UpstreamCall, dispatchedAt: Timestamp)] {
+    var attempts: [
+        (dispatch: Scheduler.Dispatch, token: String, call: UpstreamCall, dispatchedAt: Timestamp, eligibleSince: Timestamp)
+    ] {
         followUps.compactMap { followUp in
-            guard case .attempt(let dispatch, let token, let call, let time) = followUp else { return nil }
-            return (dispatch, token, call, time)
+            guard case .attempt(let dispatch, let token, let call, let time, let eligible) = followUp else { return nil }
+            return (dispatch, token, call, time, eligible)
         }
     }
 

@@ -15,6 +15,9 @@ extension Gateway {
         guard !stopping else { return }
         let time = now()
         purgeIfDue(at: time)
+        // Attempts started now could leave from when the timer was due, if it is what woke us.
+        let eligibleSince = timerFiredFor.map { min($0, time) } ?? time
+        timerFiredFor = nil
         var tokenProblem = false
         while true {
             // Check the token before spending a slot: an attempt that cannot be sent must not count.
@@ -23,7 +26,7 @@ extension Gateway {
                 break
             }
             guard let dispatch = scheduler.nextDispatch(at: time) else { break }
-            prepare(dispatch, token: token, at: time)
+            prepare(dispatch, token: token, at: time, eligibleSince: eligibleSince)
         }
         // A slot of the shared quota is asked for only when an attempt could use it at once.
         if !tokenProblem { askSharedSlots(at: time) }
@@ -38,7 +41,7 @@ extension Gateway {
 
     /// Puts the attempt and its requests' new state into the pending batch; it is sent once
     /// that batch committed (see `commitIfIdle`).
-    private func prepare(_ dispatch: Scheduler.Dispatch, token: String, at time: Timestamp) {
+    private func prepare(_ dispatch: Scheduler.Dispatch, token: String, at time: Timestamp, eligibleSince: Timestamp) {
         for member in dispatch.members {
             records[member]?.state = .sending
             records[member]?.attempts = dispatch.attempt
@@ -58,16 +61,30 @@ extension Gateway {
                 "attempt": "\(dispatch.attempt)",
             ])
         pending.append(.attempt(dispatch.api, time))
-        pending.followUp(.attempt(dispatch, token: token, call: route.upstreamCall(for: call), dispatchedAt: time))
+        pending.followUp(
+            .attempt(
+                dispatch, token: token, call: route.upstreamCall(for: call), dispatchedAt: time, eligibleSince: eligibleSince))
     }
 
     /// The attempt left at `departed`, a little after its slot was taken at `time` (storing it
     /// took that long): the ledger counts it from its departure, and the store learns of it in
     /// a later commit.
-    func departed(_ dispatch: Scheduler.Dispatch, dispatchedAt time: Timestamp, at departed: Timestamp) {
+    func departed(
+        _ dispatch: Scheduler.Dispatch, dispatchedAt time: Timestamp, eligibleSince: Timestamp, at departed: Timestamp
+    ) {
         scheduler.attemptDeparted(dispatch.api, dispatchedAt: time, at: departed)
         if departed > time { pending.append(.departure(dispatch.api, recorded: time, departed: departed)) }
         if sharedQuota != nil { delayLateAttempts(dispatch.api) }
+        lastDeparture[dispatch.api] = max(departed, lastDeparture[dispatch.api] ?? departed)
+        let metrics = self.metrics.api(dispatch.api)
+        metrics?.dispatchLag.record(departed - eligibleSince)
+        // The end of the queue wait of every member not sent before (a request that joined a
+        // job being retried waited until this attempt). Written with the outcome.
+        for member in dispatch.members where records[member]?.sentAt == nil {
+            guard let createdAt = records[member]?.createdAt else { continue }
+            records[member]?.sentAt = departed
+            metrics?.queueWait.record(departed - createdAt)
+        }
     }
 
     /// The attempt's commit failed, so it was not sent: the job goes back to the head of its
@@ -82,7 +99,10 @@ extension Gateway {
         requeue(job.members, lastError: "not sent yet: the state could not be written (\(error))")
     }
 
-    func finish(_ dispatch: Scheduler.Dispatch, token: String, result: Result<HTTPResponse, TransportError>) {
+    /// An attempt's answer (or failure), `took` after it left.
+    func finish(
+        _ dispatch: Scheduler.Dispatch, token: String, result: Result<HTTPResponse, TransportError>, took: Duration
+    ) {
         defer { commitDrains(inFlightOrNot: false) }
         guard scheduler.job(id: dispatch.job)?.state == .sending else {
             // Cannot happen: only a sent attempt is answered, and a sent job is never taken back.
@@ -91,6 +111,8 @@ extension Gateway {
             return
         }
         let time = now()
+        let apiMetrics = metrics.api(dispatch.api)
+        apiMetrics?.upstreamDuration.record(took)
         let outcome: AttemptOutcome
         var answer: RequestRecord.Response?
         var failure: String?
@@ -105,6 +127,7 @@ extension Gateway {
             failure = error.description
             lastUpstreamError = error.description
         }
+        apiMetrics?.attempts[GatewayMetrics.AttemptResult(status: answer?.status).rawValue].increment()
         let members = scheduler.job(id: dispatch.job)?.members ?? dispatch.members
         let resolution = scheduler.finish(dispatch.job, outcome: outcome, at: time, jitter: Double.random(in: 0..<1))
         switch resolution {
@@ -117,6 +140,7 @@ extension Gateway {
                 record.completedAt = time
                 record.state = (answer.map { (200..<300).contains($0.status) } ?? false) ? .done : .failed
                 records[member] = record
+                (record.state == .done ? apiMetrics?.done : apiMetrics?.failed)?.increment()
                 pending.write(member)
                 // The caller is answered now; the outcome is written with the next commit.
                 resumeWaiters(of: member)
@@ -131,6 +155,9 @@ extension Gateway {
                     "status": "\(answer.map { String($0.status) } ?? "no answer")", "attempts": "\(attempts)",
                     "durationMs": "\(((time - record.createdAt).seconds * 1000).rounded())",
                 ]
+                if let sentAt = record.sentAt {
+                    metadata["queueWaitMs"] = "\(((sentAt - record.createdAt).seconds * 1000).rounded())"
+                }
                 if let name = record.client.name { metadata["client"] = "\(name)" }
                 if member != dispatch.job { metadata["joined"] = "\(dispatch.job)" }
                 if let failure { metadata["error"] = "\(failure)" }
@@ -196,6 +223,7 @@ extension Gateway {
         guard deadline == timerDeadline else { return }
         timer = nil
         timerDeadline = nil
+        timerFiredFor = deadline
         requestPump()
     }
 

@@ -44,6 +44,10 @@ extension Gateway {
     /// Called in the turn the admission committed: answers or registers the caller.
     func admitted(_ id: RequestID, waiting: Waiting, promise: EventLoopPromise<Answer>) {
         guard let record = records[id] else { return promise.succeed(.notFound) }
+        if let metrics = metrics.api(record.call.api) {
+            (waiting == .untilStored ? metrics.admittedAsync : metrics.admittedSync).increment()
+            if record.joined != nil { metrics.coalesced.increment() }
+        }
         switch waiting {
         // Always the record (a 202), even if the answer is back already: an attempt leaves as
         // soon as its commit returned, so a fast upstream can beat this turn.
@@ -118,6 +122,7 @@ extension Gateway {
                 record.state = .withdrawn
                 record.completedAt = now()
                 records[id] = record
+                metrics.api(record.call.api)?.withdrawn.increment()
                 resumeWaiters(of: id)
                 logger.info("request withdrawn", metadata: ["request": "\(id)"])
             }

@@ -105,6 +105,13 @@ public actor Gateway {
     var lastPurge = Timestamp.zero
     var lastUpstreamStatus: Int?
     var lastUpstreamError: String?
+    /// Prometheus metrics: events are counted on the way, states read at a scrape.
+    public nonisolated let metrics: GatewayMetrics
+    /// The deadline of the timer that fired, until the pump it asked for has run: attempts that
+    /// pump starts could leave from that instant (their dispatch lag counts from it).
+    var timerFiredFor: Timestamp?
+    /// When each API's last attempt left, for `mdegate_queue_overdue_seconds`.
+    var lastDeparture: [UpstreamAPI: Timestamp] = [:]
     /// The ledger shared with other hosts, when `shared_quota.url` is set (Gateway+SharedQuota).
     let sharedQuota: SharedQuotaLink?
     var sharedHealth = SharedQuotaHealth()
@@ -141,9 +148,11 @@ public actor Gateway {
         eventLoop: any EventLoop,
         logger: Logger,
         sharedQuota: SharedQuotaLink? = nil,
+        metrics: GatewayMetrics = GatewayMetrics(),
         now: @escaping @Sendable () -> Timestamp = Gateway.wallClock
     ) {
         self.settings = settings
+        self.metrics = metrics
         self.sharedQuota = sharedQuota
         self.scheduler = Self.scheduler(settings: settings, attempts: [:], shared: sharedQuota != nil)
         self.store = store

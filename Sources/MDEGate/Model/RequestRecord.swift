@@ -27,6 +27,9 @@ public struct RequestRecord: Sendable, Equatable {
     public var response: Response?
     /// Why the last attempt got no answer (timeout, connection error), if it did not.
     public var lastError: String?
+    /// When its first attempt left (or the attempt of the request it joined): the end of its
+    /// queue wait. Nil until then, and for a request withdrawn before it was sent.
+    public var sentAt: Timestamp? = nil
 
     public var clientID: ClientID { ClientID(uid: client.uid, name: client.name) }
 }

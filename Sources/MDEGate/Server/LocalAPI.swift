@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import MDEGateConfig
 import MDEGateCore
 import MDEGateWire
 import NIOCore
@@ -107,6 +108,9 @@ public struct LocalAPI: Sendable {
         case (_, 1, "healthz"):
             guard request.method == "GET" else { return loop.makeSucceededFuture(methodNotAllowed(allow: "GET")) }
             return loop.makeSucceededFuture(.json(200, ["status": "ok"]))
+        case (_, 1, "metrics"):
+            guard request.method == "GET" else { return loop.makeSucceededFuture(methodNotAllowed(allow: "GET")) }
+            return loop.makeSucceededFuture(Self.metrics(gateway))
         default:
             return loop.makeSucceededFuture(reject(404, "NotFound", "no such route: \(request.method) \(path)"))
         }
@@ -143,7 +147,10 @@ public struct LocalAPI: Sendable {
 
     private func show(_ id: String, _ gateway: isolated Gateway) -> LocalResponse {
         guard let document = gateway.document(id) else {
-            return reject(404, "NotFound", "no request \(id) (finished requests are kept 24 hours)", target: id)
+            return reject(
+                404, "NotFound",
+                "no request \(id) (finished requests are kept for state.retention, \(gateway.settings.retention.configString))",
+                target: id)
         }
         return .json(200, document, headers: [("Mdegate-Request-Id", id)])
     }
@@ -168,6 +175,12 @@ public struct LocalAPI: Sendable {
                 503, "StoreUnavailable", "the withdrawal could not be stored (it is written again shortly): \(error)",
                 target: id, headers: [("Retry-After", "5")])
         }
+    }
+
+    /// `GET /metrics`: Prometheus's text format (also served on `metrics.address`).
+    static func metrics(_ gateway: isolated Gateway) -> LocalResponse {
+        LocalResponse(
+            status: 200, headers: [("Content-Type", GatewayMetrics.contentType)], body: gateway.metricsExposition())
     }
 
     // MARK: Answers
@@ -219,6 +232,7 @@ public struct LocalAPI: Sendable {
         _ status: Int, _ code: String, _ message: String, target: String? = nil,
         headers: [(name: String, value: String)] = []
     ) -> LocalResponse {
+        if target == nil { gateway.metrics.rejected(code: code) }
         let target = target ?? UUID().uuidString.lowercased()
         logger.notice(
             "request refused", metadata: ["status": "\(status)", "code": "\(code)", "target": "\(target)", "reason": "\(message)"])

@@ -11,15 +11,22 @@ final class LocalAPIHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private let api: LocalAPI
+    /// Answers one request; its future completes on the connection's loop.
+    typealias Responder = (LocalRequest) -> EventLoopFuture<LocalResponse>
+
+    private let respond: Responder
     private let peer: PeerCredentials
     private let logger: Logger
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
     private var tooLarge = false
 
-    init(api: LocalAPI, peer: PeerCredentials, logger: Logger) {
-        self.api = api
+    convenience init(api: LocalAPI, peer: PeerCredentials, logger: Logger) {
+        self.init(respond: { api.respond(to: $0) }, peer: peer, logger: logger)
+    }
+
+    init(respond: @escaping Responder, peer: PeerCredentials, logger: Logger) {
+        self.respond = respond
         self.peer = peer
         self.logger = logger
     }
@@ -44,7 +51,7 @@ final class LocalAPIHandler: ChannelInboundHandler, RemovableChannelHandler {
                 method: requestHead.method.rawValue, uri: requestHead.uri,
                 headers: requestHead.headers.map { ($0.name, $0.value) },
                 body: body, bodyTooLarge: tooLarge, peer: peer)
-            api.respond(to: request).assumeIsolated().whenSuccess { response in
+            respond(request).assumeIsolated().whenSuccess { response in
                 self.write(response, to: requestHead, context: context)
             }
         }

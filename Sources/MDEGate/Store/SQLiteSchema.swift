@@ -65,17 +65,21 @@ extension SQLiteStore {
                     DROP TABLE pause;
                     """)
         }
+        migrator.registerMigration("v3: when a request's first attempt left") { db in
+            // NULL for requests stored before: their queue wait is unknown.
+            try db.execute(sql: "ALTER TABLE requests ADD COLUMN sent_at_ns INTEGER")
+        }
         return migrator
     }()
 
     private static let columns = """
         id, target, comment, client_uid, client_pid, client_name, state, attempts, joined, \
         created_at_ns, completed_at_ns, response_status, response_body, response_content_type, last_error, \
-        api, options
+        api, options, sent_at_ns
         """
 
     private static let upsertSQL = """
-        INSERT INTO requests (\(columns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        INSERT INTO requests (\(columns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         ON CONFLICT(id) DO UPDATE SET
             target = excluded.target, comment = excluded.comment, api = excluded.api, options = excluded.options,
             client_uid = excluded.client_uid, client_pid = excluded.client_pid,
@@ -83,7 +87,7 @@ extension SQLiteStore {
             joined = excluded.joined, created_at_ns = excluded.created_at_ns,
             completed_at_ns = excluded.completed_at_ns, response_status = excluded.response_status,
             response_body = excluded.response_body, response_content_type = excluded.response_content_type,
-            last_error = excluded.last_error
+            last_error = excluded.last_error, sent_at_ns = excluded.sent_at_ns
         """
 
     /// Writes one transaction's changes in order, so a later change to the same record wins.
@@ -130,6 +134,7 @@ extension SQLiteStore {
             record.response?.status, record.response.map { Data($0.body) }, record.response?.contentType,
             record.lastError, record.call.api.name,
             record.call.options.isEmpty ? nil : String(decoding: JSON.encode(record.call.options), as: UTF8.self),
+            record.sentAt?.nanosecondsSinceEpoch,
         ]
         return StatementArguments(values)
     }
@@ -201,7 +206,8 @@ extension SQLiteStore {
             state: state, attempts: try row.decode(atIndex: 7), joined: try row.decode(atIndex: 8),
             createdAt: Timestamp(nanosecondsSinceEpoch: try row.decode(atIndex: 9)),
             completedAt: completedAt.map(Timestamp.init(nanosecondsSinceEpoch:)),
-            response: response, lastError: try row.decode(atIndex: 14))
+            response: response, lastError: try row.decode(atIndex: 14),
+            sentAt: try row.decode(Int64?.self, atIndex: 17).map(Timestamp.init(nanosecondsSinceEpoch:)))
     }
 }
 

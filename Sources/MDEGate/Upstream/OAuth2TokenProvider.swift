@@ -30,6 +30,8 @@ public final class OAuth2TokenProvider: TokenSource {
     private let transport: CurlTransport
     private let logger: Logger
     private let now: @Sendable () -> Timestamp
+    /// Told of every token request's outcome (for `mdegate_token_requests_total`).
+    private let fetched: @Sendable (_ succeeded: Bool) -> Void
 
     private struct State: Sendable {
         var token: String?
@@ -55,8 +57,10 @@ public final class OAuth2TokenProvider: TokenSource {
 
     public init(
         tokenURL: String, clientID: String, scope: String, credential: Credential, transport: CurlTransport,
-        logger: Logger, now: @escaping @Sendable () -> Timestamp = Gateway.wallClock
+        logger: Logger, now: @escaping @Sendable () -> Timestamp = Gateway.wallClock,
+        fetched: @escaping @Sendable (_ succeeded: Bool) -> Void = { _ in }
     ) {
+        self.fetched = fetched
         self.tokenURL = tokenURL
         self.clientID = clientID
         self.scope = scope
@@ -115,6 +119,7 @@ public final class OAuth2TokenProvider: TokenSource {
         } catch {
             outcome = .failure(error)
         }
+        fetched(outcome.isSuccess)
         let (handlers, nextLook, repeated) = state.withLock { state -> ([@Sendable () -> Void], Timestamp?, Bool) in
             let previousError = state.lastError
             state.fetching = false
@@ -247,5 +252,11 @@ public final class OAuth2TokenProvider: TokenSource {
         return fields.map { name, value in
             "\(name.addingPercentEncoding(withAllowedCharacters: allowed) ?? "")=\(value.addingPercentEncoding(withAllowedCharacters: allowed) ?? "")"
         }.joined(separator: "&")
+    }
+}
+
+extension Result {
+    fileprivate var isSuccess: Bool {
+        if case .success = self { true } else { false }
     }
 }

@@ -38,7 +38,9 @@ extension GatewayConfiguration.Auth {
     /// The token source these settings describe. Credentials are read and checked now (the
     /// secret file is readable and not empty, the key belongs to the certificate), so a daemon
     /// refuses to start, or a reload is refused, with a message that names the file.
-    public func makeTokenSource(transport: CurlTransport, logger: Logger) throws(TokenError) -> any TokenSource {
+    public func makeTokenSource(
+        transport: CurlTransport, logger: Logger, metrics: GatewayMetrics? = nil
+    ) throws(TokenError) -> any TokenSource {
         if case .tokenFile(let path) = method { return TokenFileProvider(path: path) }
         guard let oauth = try checkedOAuthCredential() else {
             throw TokenError(message: "auth: no credentials are configured")
@@ -46,7 +48,7 @@ extension GatewayConfiguration.Auth {
         for note in oauth.notes { logger.warning("\(note)") }
         return OAuth2TokenProvider(
             tokenURL: tokenURL, clientID: oauth.clientID, scope: scope, credential: oauth.credential,
-            transport: transport, logger: logger)
+            transport: transport, logger: logger, fetched: { metrics?.tokenRequest(succeeded: $0) })
     }
 
     /// Reads and checks the credentials as `serve` will (`mdegate check-config`): the client

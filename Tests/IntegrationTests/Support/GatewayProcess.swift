@@ -31,6 +31,10 @@ struct GatewayOptions: Sendable {
     var tokenFileContent: String?
     /// `shared_quota.*` keys and their values (written quoted), e.g. `url`, `host_name`.
     var sharedQuota: [String: String] = [:]
+    /// `metrics.address`, e.g. `127.0.0.1:9469`.
+    var metricsAddress: String?
+    /// `state.retention`.
+    var retention: String?
 
     /// How the gateway gets its token from the simulator.
     enum Credential: Sendable {
@@ -74,6 +78,7 @@ struct GatewayOptions: Sendable {
           mode: "0660"
         state:
           path: \(directory.file("state.sqlite"))
+        \(retention.map { "  retention: \($0)" } ?? "")
         upstream:
           base_url: "\(baseURL)"
           connect_timeout: \(connectTimeout)
@@ -96,6 +101,7 @@ struct GatewayOptions: Sendable {
         log:
           level: \(logLevel)
           format: \(logFormat)
+        \(metricsAddress.map { "metrics:\n  address: \"\($0)\"" } ?? "")
         \(sharedQuotaYAML)
         """
     }
