@@ -136,36 +136,50 @@ struct MetricsTests {
         }
     }
 
+    @Test("contrib's alert rules pass promtool check rules, and their unit tests pass promtool test rules")
+    func alertRules() async throws {
+        let contrib = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("contrib/prometheus").path
+        try await sharingTheMachine {
+            let checked = try await promtool(["check", "rules", "\(contrib)/mdegate-alerts.yml"])
+            #expect(checked.status == 0, "\(checked.output)")
+            #expect(checked.output.contains("SUCCESS: 8 rules found"), "\(checked.output)")
+            let config = try await promtool(["check", "config", "--syntax-only", "\(contrib)/scrape-config.yml"])
+            #expect(config.status == 0, "\(config.output)")
+            let tested = try await promtool(["test", "rules", "\(contrib)/mdegate-alerts.test.yml"])
+            #expect(tested.status == 0, "\(tested.output)")
+            #expect(tested.output.contains("SUCCESS"), "\(tested.output)")
+        }
+    }
+
     @Test("Prometheus scrapes metrics.address: the series arrive with the values of a known history")
     func prometheusScrapes() async throws {
-        try await sharingTheMachine {
-            var options = GatewayOptions()
-            let port = try freeLoopbackPort()
-            options.metricsAddress = "127.0.0.1:\(port)"
-            try await withRig(gateway: options) { rig in
-                let prometheus = try await TestPrometheus(scraping: ["127.0.0.1:\(port)"])
-                do {
-                    _ = try await knownHistory(rig)
-                    let attempts = try await eventually("Prometheus to hold the attempts", timeout: .seconds(60), {
-                        try await prometheus.query(#"mdegate_upstream_attempts_total{api="cancel"}"#)
-                    }) { series in
-                        series.first { $0.labels["result"] == "4xx" }?.value == 1
-                            && series.first { $0.labels["result"] == "429" }?.value == 1
-                    }
-                    #expect(attempts.first { $0.labels["result"] == "2xx" }?.value == 1)
-                    #expect(attempts.allSatisfy { $0.labels["job"] == "mdegate" && $0.labels["instance"] == "127.0.0.1:\(port)" })
-                    let up = try await prometheus.query(#"up{job="mdegate"}"#)
-                    #expect(up.first?.value == 1)
-                    let rejected = try await prometheus.query(#"mdegate_requests_rejected_total{code="InvalidMachineActionId"}"#)
-                    #expect(rejected.first?.value == 1)
-                    let finished = try await prometheus.query(#"sum(mdegate_requests_finished_total{api="cancel"})"#)
-                    #expect(finished.first?.value == 2)
-                } catch {
-                    await prometheus.stop()
-                    throw error
+        var options = GatewayOptions()
+        let port = try freeLoopbackPort()
+        options.metricsAddress = "127.0.0.1:\(port)"
+        try await withRig(gateway: options) { rig in
+            let prometheus = try await TestPrometheus(scraping: ["127.0.0.1:\(port)"])
+            do {
+                _ = try await knownHistory(rig)
+                let attempts = try await eventually("Prometheus to hold the attempts", timeout: .seconds(60), {
+                    try await prometheus.query(#"mdegate_upstream_attempts_total{api="cancel"}"#)
+                }) { series in
+                    series.first { $0.labels["result"] == "4xx" }?.value == 1
+                        && series.first { $0.labels["result"] == "429" }?.value == 1
                 }
+                #expect(attempts.first { $0.labels["result"] == "2xx" }?.value == 1)
+                #expect(attempts.allSatisfy { $0.labels["job"] == "mdegate" && $0.labels["instance"] == "127.0.0.1:\(port)" })
+                let up = try await prometheus.query(#"up{job="mdegate"}"#)
+                #expect(up.first?.value == 1)
+                let rejected = try await prometheus.query(#"mdegate_requests_rejected_total{code="InvalidMachineActionId"}"#)
+                #expect(rejected.first?.value == 1)
+                let finished = try await prometheus.query(#"sum(mdegate_requests_finished_total{api="cancel"})"#)
+                #expect(finished.first?.value == 2)
+            } catch {
                 await prometheus.stop()
+                throw error
             }
+            await prometheus.stop()
         }
     }
 }

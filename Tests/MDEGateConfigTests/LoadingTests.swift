@@ -146,7 +146,8 @@ struct LoadingTests {
     func everyKeyFromTheEnvironment() throws {
         #expect(ConfigurationKey.upstreamBaseURL.environmentName == "MDEGATE_UPSTREAM_BASE_URL")
         var values: [ConfigurationKey: String] = [
-            .socketPath: "/a.sock", .socketMode: "0640", .statePath: "/b.sqlite", .upstreamCloud: "dod",
+            .socketPath: "/a.sock", .socketMode: "0640", .statePath: "/b.sqlite", .stateRetention: "36h",
+            .upstreamCloud: "dod",
             .upstreamBaseURL: "https://localhost:1", .upstreamConnectTimeout: "3s", .upstreamRequestTimeout: "4s",
             .upstreamMaxConcurrency: "5", .upstreamCAFile: "/c.pem", .upstreamProxy: "socks5h://p:1080",
             .authTokenFile: "", .authTenantID: "contoso.onmicrosoft.com",
@@ -156,6 +157,7 @@ struct LoadingTests {
             .retryInitialBackoff: "7s", .retryMaxBackoff: "8s", .queueMaxPending: "9", .logLevel: "critical",
             .logFormat: "json", .sharedQuotaURL: "postgresql://gw@db.example:6543/ledger", .sharedQuotaPasswordFile: "/f.pw",
             .sharedQuotaCAFile: "/g.pem", .sharedQuotaKey: "k", .sharedQuotaHostName: "h",
+            .metricsAddress: "[::1]:9469",
         ]
         for key in ConfigurationKey.apiOverrides { values[key] = "3/3s" }
         #expect(Set(values.keys) == Set(ConfigurationKey.allCases))
@@ -163,7 +165,7 @@ struct LoadingTests {
         let loaded = try load("log:\n  level: debug\n", environment: environment)
         var expected = GatewayConfiguration(
             socket: .init(path: "/a.sock", mode: 0o640),
-            state: .init(path: "/b.sqlite"),
+            state: .init(path: "/b.sqlite", retention: .seconds(36 * 3600)),
             upstream: .init(
                 cloud: .dod, baseURL: "https://localhost:1", connectTimeout: .seconds(3),
                 requestTimeout: .seconds(4), maxConcurrency: 5, caFile: "/c.pem", proxy: "socks5h://p:1080"),
@@ -174,7 +176,8 @@ struct LoadingTests {
             quota: .init(limits: [Limit(calls: 7, window: .seconds(7))], guardBand: .milliseconds(7)),
             retry: .init(maxAttempts: 7, initialBackoff: .seconds(7), maxBackoff: .seconds(8)),
             queue: .init(maxPending: 9),
-            log: .init(level: .critical, format: .json))
+            log: .init(level: .critical, format: .json),
+            metrics: .init(address: .init(host: "::1", port: 9469)))
         for key in ConfigurationKey.apiOverrides { expected.quota.apis[key.apiName!] = [Limit(calls: 3, window: .seconds(3))] }
         expected.sharedQuota.url = "postgresql://gw@db.example:6543/ledger"
         expected.sharedQuota.endpoint = .tcp(host: "db.example", port: 6543)

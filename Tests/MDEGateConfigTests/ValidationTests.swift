@@ -45,6 +45,12 @@ struct ValidationTests {
         Case(yaml: "queue:\n  max_pending: 0", key: "queue.max_pending", mentions: "at least 1"),
         Case(yaml: "log:\n  level: verbose", key: "log.level", mentions: "trace, debug, info, notice, warning, error, critical"),
         Case(yaml: "log:\n  level: [debug]", key: "log.level", mentions: "is a list"),
+        Case(yaml: "state:\n  retention: 0s", key: "state.retention", mentions: "longer than zero"),
+        Case(yaml: "state:\n  retention: a day", key: "state.retention", mentions: "\"a day\" is not a duration"),
+        Case(yaml: "metrics:\n  address: \"9469\"", key: "metrics.address", mentions: "\"127.0.0.1:9469\""),
+        Case(yaml: "metrics:\n  address: \"127.0.0.1:70000\"", key: "metrics.address", mentions: "not an address and port"),
+        Case(yaml: "metrics:\n  address: \"::1:9469\"", key: "metrics.address", mentions: "[::1]:9469"),
+        Case(yaml: "metrics:\n  address: \":9469\"", key: "metrics.address", mentions: "not an address and port"),
     ]
 
     @Test("each invalid value is refused and named by its key", arguments: cases)
