@@ -139,6 +139,34 @@ struct AdmissionScenario: Sendable {
         report.info("GET /v1/status time: median / max", "\(ms(statusSample.p50, digits: 2)) / \(ms(statusSample.max, digits: 2))",
                     key: "status_ms", round4(statusSample.p50))
 
+        // The audit listing over that many records: one page of 100 per filter, read from the
+        // store beside its writer (GET /v1/requests).
+        let middle = machineActionID(max(1, accepted / 2), tag: "adadadad")
+        let listings: [(label: String, key: String, path: String)] = [
+            ("newest 100", "newest", "/v1/requests?limit=100"),
+            ("state=queued, 100", "state", "/v1/requests?state=queued&limit=100"),
+            ("one machine action id", "target", "/v1/requests?machineActionId=\(middle)"),
+            ("a client with none", "client", "/v1/requests?client=nobody&limit=100"),
+            ("since 1h and uid, 100", "since_uid", "/v1/requests?since=1h&uid=\(getuid())&limit=100"),
+        ]
+        if let connection = try? HTTPConnection(daemon.endpoint, timeoutSeconds: 30) {
+            for listing in listings where Now.monotonic() < softDeadline {
+                var times: [Double] = []
+                var status = 0
+                for _ in 0..<7 {
+                    let began = Now.monotonic()
+                    guard let reply = try? connection.send("GET", listing.path, headers: [], body: []) else { break }
+                    times.append(Double(Now.monotonic() - began) / 1e6)
+                    status = reply.status
+                }
+                let sample = Sample(times)
+                report.info(
+                    "audit listing, \(listing.label): median / max (\(status))",
+                    "\(ms(sample.p50, digits: 2)) / \(ms(sample.max, digits: 2))",
+                    key: "listing_\(listing.key)_ms", round4(sample.p50))
+            }
+        }
+
         // Durability and restart.
         let stateFile = (try? FileManager.default.attributesOfItem(atPath: daemon.statePath)[.size] as? Int) ?? nil
         report.info("state file (state.path)", stateFile.map { "\($0) bytes" } ?? "absent", key: "state_file_bytes",

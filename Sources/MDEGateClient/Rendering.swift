@@ -209,6 +209,48 @@ public enum Rendering {
         return table(["FIELD", "VALUE"], rows).joined(separator: "\n")
     }
 
+    /// The audit listing as a table, newest first; a last line with the next page's cursor.
+    public static func requests(_ list: RequestListDocument) -> String {
+        guard !list.requests.isEmpty else { return "no requests match" }
+        let rows = list.requests.map { record -> [String] in
+            let created = date(record.createdAt)
+            var wait = "-"
+            if let created, let sent = record.sentAt.flatMap(date) {
+                let seconds = max(sent.timeIntervalSince(created), 0)
+                wait = seconds < 1 ? "\(Int((seconds * 1000).rounded())) ms" : duration(seconds)
+            }
+            return [
+                created.map(shortTime) ?? record.createdAt,
+                record.client.name ?? "-",
+                "\(record.client.uid)/\(record.client.pid)",
+                record.api,
+                record.target.isEmpty ? "-" : record.target,
+                record.state.rawValue,
+                record.response.map { String($0.status) } ?? "-",
+                String(record.attempts),
+                wait,
+            ]
+        }
+        var lines = table(
+            ["CREATED (UTC)", "CLIENT", "UID/PID", "API", "TARGET", "STATE", "STATUS", "ATTEMPTS", "QUEUE WAIT"], rows)
+        if let next = list.next { lines.append("more: add --cursor \(next)") }
+        return lines.joined(separator: "\n")
+    }
+
+    private static func date(_ iso: String) -> Date? {
+        try? Date(iso, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+    }
+
+    /// `12-03 04:01:02`: month, day and time in UTC.
+    private static func shortTime(_ date: Date) -> String {
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "UTC")!
+        let parts = calendar.dateComponents([.month, .day, .hour, .minute, .second], from: date)
+        return String(
+            format: "%02d-%02d %02d:%02d:%02d", parts.month ?? 0, parts.day ?? 0, parts.hour ?? 0, parts.minute ?? 0,
+            parts.second ?? 0)
+    }
+
     /// "in 12.3 s (2026-11-24T04:05:12.000Z)" for a future ISO time ("in 4m05s", "in 1h02m" when
     /// farther), the time alone otherwise.
     static func relative(_ iso: String, now: Date) -> String {

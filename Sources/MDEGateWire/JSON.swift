@@ -93,4 +93,12 @@ public enum JSON {
         Date(timeIntervalSince1970: time.secondsSinceEpoch)
             .formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
     }
+
+    /// An ISO 8601 instant with a zone (`2026-11-24T04:03:35Z`, `…35.123Z`, `…35+01:00`), as
+    /// `timestamp` writes it and as people type it; nil for anything else.
+    public static func timestamp(parsing text: String) -> Timestamp? {
+        let date = (try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)))
+            ?? (try? Date(text, strategy: Date.ISO8601FormatStyle()))
+        return date.map { Timestamp(nanosecondsSinceEpoch: Int64(($0.timeIntervalSince1970 * 1e9).rounded())) }
+    }
 }

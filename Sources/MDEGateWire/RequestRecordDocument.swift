@@ -67,6 +67,8 @@ public struct RequestRecordDocument: Codable, Sendable, Equatable {
     /// The request this one was coalesced onto.
     public var joined: String?
     public var createdAt: String
+    /// When its first attempt left (the end of its queue wait); null until then.
+    public var sentAt: String?
     public var completedAt: String?
     public var response: Response?
     /// Why the last attempt got no answer (or could not be sent), if so.
@@ -76,8 +78,9 @@ public struct RequestRecordDocument: Codable, Sendable, Equatable {
         id: String, api: String, target: String, machineActionId: String?, comment: String?,
         options: [String: String], client: RequestClient, state: RequestState,
         position: Int?, estimatedDispatchAt: String?, attempts: Int, joined: String?, createdAt: String,
-        completedAt: String?, response: Response?, lastError: String?
+        completedAt: String?, response: Response?, lastError: String?, sentAt: String? = nil
     ) {
+        self.sentAt = sentAt
         self.id = id
         self.api = api
         self.target = target
@@ -98,7 +101,7 @@ public struct RequestRecordDocument: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case id, api, target, machineActionId, comment, options, client, state, position, estimatedDispatchAt, attempts
-        case joined, createdAt, completedAt, response, lastError
+        case joined, createdAt, sentAt, completedAt, response, lastError
     }
 
     /// Every record has the same shape: `joined`, `completedAt` and `response` are written as
@@ -121,8 +124,29 @@ public struct RequestRecordDocument: Codable, Sendable, Equatable {
         try container.encode(attempts, forKey: .attempts)
         try container.encode(joined, forKey: .joined)
         try container.encode(createdAt, forKey: .createdAt)
+        try container.encode(sentAt, forKey: .sentAt)
         try container.encode(completedAt, forKey: .completedAt)
         try container.encode(response, forKey: .response)
         try container.encodeIfPresent(lastError, forKey: .lastError)
+    }
+}
+
+/// A page of the audit listing (`GET /v1/requests`): records newest first, and the cursor of the
+/// next page (null on the last).
+public struct RequestListDocument: Codable, Sendable, Equatable {
+    public var requests: [RequestRecordDocument]
+    public var next: String?
+
+    public init(requests: [RequestRecordDocument], next: String?) {
+        self.requests = requests
+        self.next = next
+    }
+
+    enum CodingKeys: String, CodingKey { case requests, next }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(requests, forKey: .requests)
+        try container.encode(next, forKey: .next)
     }
 }

@@ -37,7 +37,8 @@ struct Mdegate: AsyncParsableCommand {
                     Cancel.self, Isolate.self, Unisolate.self, Scan.self, Collect.self, Restrict.self, Unrestrict.self,
                     Quarantine.self, Action.self, Actions.self,
                 ]),
-            CommandGroup(name: "Gateway", subcommands: [Status.self, Request.self, Serve.self, CheckConfig.self]),
+            CommandGroup(
+                name: "Gateway", subcommands: [Status.self, Request.self, Requests.self, Serve.self, CheckConfig.self]),
         ])
 }
 
@@ -102,6 +103,68 @@ struct Request: AsyncParsableCommand {
         let response = try await withGateway(socket.path) { try await $0.send("GET", path) }
         guard !json, response.status == 200 else { return try printAnswer(response) }
         print(Rendering.record(JSONValue(parsingOrQuoting: response.body)))
+    }
+}
+
+struct Requests: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The audit listing: who asked for what and how it ended, newest first.",
+        discussion: """
+            Lists the request records the gateway keeps (finished ones for state.retention, 24h by \
+            default): time, client, uid and pid, API, target, state, upstream status, attempts and \
+            time in the queue. Filters combine. --since and --until take an ISO 8601 time \
+            (2026-12-03T04:00:00Z) or a duration ago (30m, 24h). When more records match than \
+            --limit, the last line gives the --cursor of the next page.
+            """)
+
+    @Option(name: .long, help: ArgumentHelp("Only this Mdegate-Client name.", valueName: "name"))
+    var client: String?
+
+    @Option(name: .long, help: "Only this Unix user id.")
+    var uid: UInt32?
+
+    @Option(name: .long, help: ArgumentHelp("Only these states: queued, sending, done, failed, withdrawn (comma-separated).", valueName: "states"))
+    var state: String?
+
+    @Option(name: .long, help: ArgumentHelp("Only this upstream API (cancel, isolate, …).", valueName: "api"))
+    var api: String?
+
+    @Option(name: .customLong("machine-action"), help: ArgumentHelp("Only this machine action id.", valueName: "id"))
+    var machineAction: String?
+
+    @Option(name: .long, help: ArgumentHelp("Only this target (a machine id, say).", valueName: "id"))
+    var target: String?
+
+    @Option(name: .long, help: ArgumentHelp("Created at or after: ISO 8601, or a duration ago (1h).", valueName: "time"))
+    var since: String?
+
+    @Option(name: .long, help: ArgumentHelp("Created before: ISO 8601, or a duration ago.", valueName: "time"))
+    var until: String?
+
+    @Option(name: .long, help: "At most this many records (1–1000).")
+    var limit: Int = 50
+
+    @Option(name: .long, help: ArgumentHelp("Continue after the page that printed it.", valueName: "cursor"))
+    var cursor: String?
+
+    @Flag(name: .long, help: "Print the JSON listing ({\"requests\": [...], \"next\": ...}).")
+    var json = false
+
+    @OptionGroup var socket: SocketOption
+
+    func run() async throws {
+        let parameters: [(String, String?)] = [
+            ("client", client), ("uid", uid.map(String.init)), ("state", state), ("api", api),
+            ("machineActionId", machineAction), ("target", target), ("since", since), ("until", until),
+            ("limit", String(limit)), ("cursor", cursor),
+        ]
+        let query = parameters.compactMap { name, value in value.map { "\(name)=\(GatewayClient.encodedSegment($0))" } }
+        let path = "/v1/requests?" + query.joined(separator: "&")
+        let response = try await withGateway(socket.path) { try await $0.send("GET", path) }
+        guard !json, response.status == 200,
+            let list = try? JSON.decoder.decode(RequestListDocument.self, from: Data(response.body))
+        else { return try printAnswer(response) }
+        print(Rendering.requests(list))
     }
 }
 

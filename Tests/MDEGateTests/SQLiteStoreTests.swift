@@ -49,7 +49,7 @@ struct SQLiteStoreTests {
         client: .init(uid: UInt32.max, pid: Int32.max, name: "soar-playbook"), state: .done, attempts: 3,
         joined: "leader", createdAt: now - .seconds(60), completedAt: now,
         response: .init(status: 201, body: [0xFF, 0xFE, 0x00, 0x80, 0xC3, 0x28, 0x7B], contentType: "application/json"),
-        lastError: "timed out after 30 s")
+        lastError: "timed out after 30 s", sentAt: now - .seconds(59))
     /// Every optional field nil.
     static let bare = RequestRecord(
         id: "bare", call: .cancel("m", comment: ""), client: .init(uid: 0, pid: 1, name: nil), state: .queued,

@@ -45,6 +45,6 @@ extension RequestRecordDocument {
             attempts: record.attempts, joined: record.joined, createdAt: JSON.timestamp(record.createdAt),
             completedAt: record.completedAt.map(JSON.timestamp),
             response: record.response.map { .init(status: $0.status, body: JSONValue(parsingOrQuoting: $0.body)) },
-            lastError: record.lastError)
+            lastError: record.lastError, sentAt: record.sentAt.map(JSON.timestamp))
     }
 }

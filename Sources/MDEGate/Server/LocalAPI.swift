@@ -98,6 +98,9 @@ public struct LocalAPI: Sendable {
             case "DELETE": return withdraw(names[2], gateway)
             default: return loop.makeSucceededFuture(methodNotAllowed(allow: "GET, DELETE"))
             }
+        case (_, 2, "v1") where names[1] == "requests":
+            guard request.method == "GET" else { return loop.makeSucceededFuture(methodNotAllowed(allow: "GET")) }
+            return list(query: parts.count > 1 ? parts[1] : nil, gateway)
         case (_, 2, "v1") where names[1] == "status":
             guard request.method == "GET" else { return loop.makeSucceededFuture(methodNotAllowed(allow: "GET")) }
             guard gateway.sharedQuota != nil else { return loop.makeSucceededFuture(.json(200, gateway.status())) }
@@ -153,6 +156,35 @@ public struct LocalAPI: Sendable {
                 target: id)
         }
         return .json(200, document, headers: [("Mdegate-Request-Id", id)])
+    }
+
+    /// The audit listing: read from the store beside its writer, never on the loop, so a page
+    /// over 100,000 records costs the request path nothing.
+    private func list(query: Substring?, _ gateway: isolated Gateway) -> EventLoopFuture<LocalResponse> {
+        let loop = gateway.eventLoop
+        let parsed: RequestQuery
+        switch RequestQuery.parse(query, now: gateway.now()) {
+        case .success(let value): parsed = value
+        case .failure(let problem): return loop.makeSucceededFuture(reject(400, problem.code, problem.message))
+        }
+        let store = gateway.store
+        let metrics = gateway.metrics
+        let logger = self.logger
+        let promise = loop.makePromise(of: LocalResponse.self)
+        promise.completeWithTask {
+            do {
+                let page = try await store.requests(matching: parsed)
+                let documents = page.records.map { RequestRecordDocument(record: $0, position: nil, estimatedDispatchAt: nil) }
+                return .json(200, RequestListDocument(requests: documents, next: page.next?.description))
+            } catch {
+                metrics.storeErrors.increment()
+                logger.error("could not read the audit listing", metadata: ["error": "\(error)"])
+                return .json(
+                    503, ErrorDocument(code: "StoreUnavailable", message: "the listing could not be read: \(error)", target: ""),
+                    headers: [("Retry-After", "5")])
+            }
+        }
+        return promise.futureResult
     }
 
     private func withdraw(_ id: String, _ gateway: isolated Gateway) -> EventLoopFuture<LocalResponse> {

@@ -47,6 +47,9 @@ public protocol GatewayStore: Sendable {
     /// Each API's attempts stored at or after `since`, oldest first: what a reload that
     /// lengthens a window must count again.
     func attempts(since: Timestamp) async throws -> [UpstreamAPI: [Timestamp]]
+    /// A page of the audit listing: the records `query` matches, newest first. Read beside the
+    /// writer; an outcome answered in the last few milliseconds may not be in it yet.
+    func requests(matching query: RequestQuery) async throws -> RequestPage
 }
 
 extension GatewayStore {
@@ -107,6 +110,21 @@ public final class InMemoryStore: GatewayStore {
 
     public func attempts(since: Timestamp) async throws -> [UpstreamAPI: [Timestamp]] {
         state.withLock { state in state.attempts.mapValues { $0.filter { $0 >= since } } }
+    }
+
+    public func requests(matching query: RequestQuery) async throws -> RequestPage {
+        state.withLock { state in
+            let ordered = state.records.values
+                .map { (record: $0, sequence: Int64(state.order[$0.id] ?? 0)) }
+                .filter { query.matches($0.record) }
+                .filter { query.after?.precedes(createdAt: $0.record.createdAt.nanosecondsSinceEpoch, sequence: $0.sequence) ?? true }
+                .sorted { ($0.record.createdAt, $0.sequence) > ($1.record.createdAt, $1.sequence) }
+            let page = ordered.prefix(query.limit)
+            let next = ordered.count > query.limit
+                ? page.last.map { RequestCursor(createdAt: $0.record.createdAt.nanosecondsSinceEpoch, sequence: $0.sequence) }
+                : nil
+            return RequestPage(records: page.map(\.record), next: next)
+        }
     }
 
     public func load() async throws -> StoredState {

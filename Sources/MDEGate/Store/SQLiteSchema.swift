@@ -65,9 +65,21 @@ extension SQLiteStore {
                     DROP TABLE pause;
                     """)
         }
-        migrator.registerMigration("v3: when a request's first attempt left") { db in
-            // NULL for requests stored before: their queue wait is unknown.
-            try db.execute(sql: "ALTER TABLE requests ADD COLUMN sent_at_ns INTEGER")
+        migrator.registerMigration("v3: queue waits and the audit listing") { db in
+            // `sent_at_ns`: when the first attempt left; NULL for requests stored before (their
+            // queue wait is unknown). The indexes serve the listing's filters, newest first (each
+            // ends with created_at_ns, and SQLite keeps the rowid `seq` in every index, the
+            // listing's tie-break).
+            try db.execute(
+                sql: """
+                    ALTER TABLE requests ADD COLUMN sent_at_ns INTEGER;
+                    DROP INDEX requests_state;
+                    CREATE INDEX requests_state ON requests(state, created_at_ns);
+                    CREATE INDEX requests_client_name ON requests(client_name, created_at_ns);
+                    CREATE INDEX requests_client_uid ON requests(client_uid, created_at_ns);
+                    CREATE INDEX requests_target ON requests(target COLLATE NOCASE, created_at_ns);
+                    CREATE INDEX requests_api ON requests(api, created_at_ns);
+                    """)
         }
         return migrator
     }()
@@ -137,6 +149,63 @@ extension SQLiteStore {
             record.sentAt?.nanosecondsSinceEpoch,
         ]
         return StatementArguments(values)
+    }
+
+    /// A page of the audit listing: newest first, `limit` + 1 rows read to know whether there is
+    /// a next page. Each filter is one indexed condition.
+    static func requests(_ db: Database, matching query: RequestQuery, path: String) throws -> RequestPage {
+        var conditions: [String] = []
+        var arguments: [(any DatabaseValueConvertible)?] = []
+        if let name = query.clientName {
+            conditions.append("client_name = ?")
+            arguments.append(name)
+        }
+        if let uid = query.uid {
+            conditions.append("client_uid = ?")
+            arguments.append(Int64(uid))
+        }
+        if !query.states.isEmpty {
+            conditions.append("state IN (\(query.states.map { _ in "?" }.joined(separator: ", ")))")
+            arguments += query.states.map(\.rawValue)
+        }
+        if let api = query.api {
+            conditions.append("api = ?")
+            arguments.append(api.name)
+        }
+        if let target = query.target {
+            conditions.append("target = ? COLLATE NOCASE")
+            arguments.append(target)
+        }
+        if let since = query.since {
+            conditions.append("created_at_ns >= ?")
+            arguments.append(since.nanosecondsSinceEpoch)
+        }
+        if let until = query.until {
+            conditions.append("created_at_ns < ?")
+            arguments.append(until.nanosecondsSinceEpoch)
+        }
+        if let after = query.after {
+            conditions.append("(created_at_ns, seq) < (?, ?)")
+            arguments += [after.createdAt, after.sequence]
+        }
+        let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        let rows = try Row.fetchCursor(
+            db,
+            sql: "SELECT \(columns), seq FROM requests \(filter) ORDER BY created_at_ns DESC, seq DESC LIMIT ?",
+            arguments: StatementArguments(arguments + [query.limit + 1]))
+        var records: [RequestRecord] = []
+        var last: RequestCursor?
+        var more = false
+        while let row = try rows.next() {
+            guard records.count < query.limit else {
+                more = true
+                break
+            }
+            let record = try record(from: row, path: path)
+            records.append(record)
+            last = RequestCursor(createdAt: record.createdAt.nanosecondsSinceEpoch, sequence: try row.decode(atIndex: 18))
+        }
+        return RequestPage(records: records, next: more ? last : nil)
     }
 
     static func read(_ db: Database, attemptsSince since: Int64, path: String) throws -> StoredState {

@@ -165,6 +165,17 @@ public final class SQLiteStore: GatewayStore {
         }
     }
 
+    public func requests(matching query: RequestQuery) async throws -> RequestPage {
+        let path = self.path
+        do {
+            return try await pool.read { db in try Self.requests(db, matching: query, path: path) }
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError(path: path, "could not be read: \(error)")
+        }
+    }
+
     /// Deletes records completed before `horizon`, for callers that do not track records
     /// themselves (the gateway sends `.forget` instead), and returns how many went. Attempts are
     /// not touched: writes already keep only the last day of them, and deleting one that still

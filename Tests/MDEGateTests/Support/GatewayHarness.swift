@@ -120,6 +120,7 @@ final class ControlledStore: GatewayStore {
 
     func load() async throws -> StoredState { try await inner.load() }
     func attempts(since: Timestamp) async throws -> [UpstreamAPI: [Timestamp]] { try await inner.attempts(since: since) }
+    func requests(matching query: RequestQuery) async throws -> RequestPage { try await inner.requests(matching: query) }
 }
 
 /// A token source that always has the same token.
