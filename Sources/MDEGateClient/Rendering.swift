@@ -13,6 +13,11 @@ public enum Rendering {
         lines.append("QUOTA PER API (guard \(status.guardMs) ms\(shared == nil ? "" : "; USED is this host's, the shared use is below"))")
         lines += quota(status.apis, now: now, shared: shared != nil)
         lines.append("")
+        let charts = lastHour(status.apis)
+        if !charts.isEmpty {
+            lines += charts
+            lines.append("")
+        }
         if let shared {
             lines += sharedQuota(shared, now: now)
             lines.append("")
@@ -121,6 +126,70 @@ public enum Rendering {
             lines += wrapped(line)
         }
         return lines
+    }
+
+    /// The last hour of every API that made attempts in it: attempts per minute as a bar chart
+    /// scaled to what the limits allow in a minute, 66 columns wide, no colour needed. A `!` on
+    /// the axis marks a minute with a 429.
+    ///
+    ///     LAST 60 MINUTES, attempts per minute (! a minute with a 429)
+    ///     cancel: 371 in the hour of 1500 allowed; busiest minute 100 of 100
+    ///      100 ┤                                    ▂▅████████
+    ///          │                          ▁▃▆██████████████████
+    ///          │                    ▁▃▆████████████████████████
+    ///        0 ┼─────────────────────────────────────────!──────────────────
+    ///           -60m           -45m           -30m           -15m        now
+    static func lastHour(_ apis: [StatusDocument.APIState]) -> [String] {
+        let used = apis.compactMap { api in api.lastHour.map { (api, $0) } }.filter { $0.1.attempts.contains { $0 > 0 } }
+        guard !used.isEmpty else { return [] }
+        var lines = ["LAST 60 MINUTES, attempts per minute (! a minute with a 429)"]
+        for (api, timeline) in used {
+            let perMinute = capacity(api.limits, seconds: 60)
+            let perHour = capacity(api.limits, seconds: 3600)
+            let total = timeline.attempts.reduce(0, +)
+            let busiest = timeline.attempts.max() ?? 0
+            lines.append(
+                "\(api.name): \(total) in the hour\(perHour.map { " of \($0) allowed" } ?? ""); busiest minute \(busiest)"
+                    + (perMinute.map { " of \($0)" } ?? ""))
+            lines += chart(timeline, scale: max(perMinute ?? busiest, busiest, 1))
+        }
+        return lines
+    }
+
+    /// What the limits allow in `seconds` at most: a limit over a window at least that long
+    /// allows its calls; a shorter one, its calls once per window that fits.
+    static func capacity(_ limits: [StatusDocument.LimitState], seconds: Double) -> Int? {
+        limits.map { limit in
+            limit.windowSeconds >= seconds
+                ? limit.calls : limit.calls * Int((seconds / max(limit.windowSeconds, 0.001)).rounded(.up))
+        }.min()
+    }
+
+    /// Three rows of eighth blocks (24 steps from 0 to `scale`), the axis with the 429 marks,
+    /// and the minute labels. A minute with any attempt shows at least the lowest block.
+    static func chart(_ timeline: StatusDocument.Timeline, scale: Int) -> [String] {
+        let blocks: [Character] = [" ", "▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"]
+        let rows = 3
+        let levels = timeline.attempts.map { count -> Int in
+            guard count > 0 else { return 0 }
+            return max(1, min(rows * 8, Int((Double(count) / Double(scale) * Double(rows * 8)).rounded())))
+        }
+        var lines: [String] = []
+        for row in (0..<rows).reversed() {
+            let label = row == rows - 1 ? String(scale) : ""
+            let bar = String(levels.map { blocks[max(0, min(8, $0 - row * 8))] })
+            lines.append(String(repeating: " ", count: max(0, 5 - label.count)) + label + (row == rows - 1 ? " ┤" : " │") + bar)
+        }
+        let axis = String(timeline.throttled.map { $0 > 0 ? Character("!") : Character("─") })
+        lines.append("    0 ┼" + axis)
+        var labels = [Character](repeating: " ", count: timeline.attempts.count + 4)
+        for (column, text) in [(0, "-60m"), (15, "-45m"), (30, "-30m"), (45, "-15m"), (timeline.attempts.count - 3, "now")] {
+            for (offset, character) in text.enumerated() where column + offset < labels.count {
+                labels[column + offset] = character
+            }
+        }
+        lines.append("       " + String(labels))
+        return lines.map { $0.replacingOccurrences(of: "\\s+$", with: "", options: .regularExpression) }
     }
 
     /// "paused for 30m00s (until 2026-11-24T04:35:12.000Z) after an upstream 429".

@@ -43,15 +43,18 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var pausedUntil: String?
         /// Upstream calls waiting (coalesced requests ride on one), backoffs not counted.
         public var queued: Int
+        /// This host's attempts per minute over the last hour.
+        public var lastHour: Timeline?
 
-        public init(name: String, limits: [LimitState], pausedUntil: String?, queued: Int) {
+        public init(name: String, limits: [LimitState], pausedUntil: String?, queued: Int, lastHour: Timeline? = nil) {
             self.name = name
             self.limits = limits
             self.pausedUntil = pausedUntil
             self.queued = queued
+            self.lastHour = lastHour
         }
 
-        enum CodingKeys: String, CodingKey { case name, limits, pausedUntil, queued }
+        enum CodingKeys: String, CodingKey { case name, limits, pausedUntil, queued, lastHour }
 
         public func encode(to encoder: any Encoder) throws {
             var container = encoder.container(keyedBy: CodingKeys.self)
@@ -59,6 +62,21 @@ public struct StatusDocument: Codable, Sendable, Equatable {
             try container.encode(limits, forKey: .limits)
             try container.encode(pausedUntil, forKey: .pausedUntil)
             try container.encode(queued, forKey: .queued)
+            try container.encodeIfPresent(lastHour, forKey: .lastHour)
+        }
+    }
+
+    /// Attempts per minute: sixty minutes from `start` (ISO 8601, the start of the oldest), the
+    /// last one in progress. `throttled` counts the attempts among them answered 429.
+    public struct Timeline: Codable, Sendable, Equatable {
+        public var start: String
+        public var attempts: [Int]
+        public var throttled: [Int]
+
+        public init(start: String, attempts: [Int], throttled: [Int]) {
+            self.start = start
+            self.attempts = attempts
+            self.throttled = throttled
         }
     }
 

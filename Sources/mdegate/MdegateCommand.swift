@@ -70,19 +70,49 @@ struct Serve: AsyncParsableCommand {
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show each API's quota use, next free slots, pause and queue, the queue per client, and upstream and token state.")
+        abstract: "Show each API's quota use, next free slots, pause and queue, the last hour's attempts per minute, the queue per client, and upstream and token state.")
 
     @Flag(name: .long, help: "Print the JSON status document.")
     var json = false
 
+    @Flag(name: .long, help: "Redraw every second until Ctrl-C.")
+    var watch = false
+
     @OptionGroup var socket: SocketOption
 
+    func validate() throws {
+        if watch, json { throw ValidationError("--watch redraws the table; --json prints the document once") }
+    }
+
     func run() async throws {
-        let response = try await withGateway(socket.path) { try await $0.send("GET", "/v1/status") }
-        guard !json, response.status == 200,
-            let status = try? JSON.decoder.decode(StatusDocument.self, from: Data(response.body))
-        else { return try printAnswer(response) }
-        print(Rendering.status(status))
+        guard watch else {
+            let response = try await withGateway(socket.path) { try await $0.send("GET", "/v1/status") }
+            guard !json, response.status == 200,
+                let status = try? JSON.decoder.decode(StatusDocument.self, from: Data(response.body))
+            else { return try printAnswer(response) }
+            print(Rendering.status(status))
+            return
+        }
+        // Like watch(1): home, clear, the frame; a gateway that is away is said on the screen and
+        // asked again a second later.
+        let client = try GatewayClient(socketPath: socket.path)
+        defer { client.shutdown() }
+        while true {
+            var frame: String
+            do {
+                let response = try await client.send("GET", "/v1/status")
+                if response.status == 200, let status = try? JSON.decoder.decode(StatusDocument.self, from: Data(response.body)) {
+                    frame = Rendering.status(status)
+                } else {
+                    frame = "the gateway answered \(response.status): \(String(decoding: response.body, as: UTF8.self))"
+                }
+            } catch {
+                frame = "cannot reach the gateway at \(socket.path): \((error as? TransportError)?.message ?? "\(error)")"
+            }
+            let clock = Date().formatted(Date.ISO8601FormatStyle())
+            FileHandle.standardOutput.write(Data("\u{1B}[H\u{1B}[2J\(frame)\n\nevery 1 s, \(clock); Ctrl-C to stop\n".utf8))
+            try await Task.sleep(for: .seconds(1))
+        }
     }
 }
 

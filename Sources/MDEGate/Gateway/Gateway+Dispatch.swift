@@ -76,6 +76,7 @@ extension Gateway {
         if departed > time { pending.append(.departure(dispatch.api, recorded: time, departed: departed)) }
         if sharedQuota != nil { delayLateAttempts(dispatch.api) }
         lastDeparture[dispatch.api] = max(departed, lastDeparture[dispatch.api] ?? departed)
+        timelines[dispatch.api, default: AttemptTimeline()].record(at: departed)
         let metrics = self.metrics.api(dispatch.api)
         metrics?.dispatchLag.record(departed - eligibleSince)
         // The end of the queue wait of every member not sent before (a request that joined a
@@ -185,6 +186,7 @@ extension Gateway {
             logger.warning(
                 "upstream answered 429: pausing this API",
                 metadata: ["request": "\(dispatch.job)", "api": "\(dispatch.api)", "pausedUntil": "\(JSON.timestamp(until))"])
+            timelines[dispatch.api, default: AttemptTimeline()].recordThrottled(at: time - took)
             // The pause must survive a restart: it is written as soon as the writer is free.
             pending.append(.pause(dispatch.api, until: until))
             pending.urgent = true

@@ -146,7 +146,8 @@ extension Gateway {
             StatusDocument.APIState(
                 name: api.name, limits: limitStates(api, at: time),
                 pausedUntil: scheduler.pausedUntil(api).flatMap { $0 > time ? JSON.timestamp($0) : nil },
-                queued: scheduler.queuedJobs(api))
+                queued: scheduler.queuedJobs(api),
+                lastHour: (timelines[api] ?? AttemptTimeline()).document(at: time))
         }
         // The top-level fields are cancel's, as they were before there were several APIs.
         let cancel = apis.first { $0.name == UpstreamAPI.cancel.name }
@@ -172,5 +173,13 @@ extension Gateway {
                 used: ledger.used(limit, at: time),
                 nextFreeAt: ledger.nextFree(limit, at: time).map(JSON.timestamp))
         }
+    }
+}
+
+extension AttemptTimeline {
+    /// The last hour up to `time`, as status shows it.
+    func document(at time: Timestamp) -> StatusDocument.Timeline {
+        let hour = lastHour(at: time)
+        return StatusDocument.Timeline(start: JSON.timestamp(hour.start), attempts: hour.attempts, throttled: hour.throttled)
     }
 }

@@ -112,6 +112,8 @@ public actor Gateway {
     var timerFiredFor: Timestamp?
     /// When each API's last attempt left, for `mdegate_queue_overdue_seconds`.
     var lastDeparture: [UpstreamAPI: Timestamp] = [:]
+    /// Each API's attempts per minute over the last hour, for status's picture.
+    var timelines: [UpstreamAPI: AttemptTimeline] = [:]
     /// The ledger shared with other hosts, when `shared_quota.url` is set (Gateway+SharedQuota).
     let sharedQuota: SharedQuotaLink?
     var sharedHealth = SharedQuotaHealth()
@@ -194,6 +196,7 @@ public actor Gateway {
     public func start() async throws {
         let state = try await store.load()
         scheduler = Self.scheduler(settings: settings, attempts: state.attempts, shared: sharedQuota != nil)
+        timelines = state.attempts.mapValues { AttemptTimeline(attempts: $0) }
         for (api, until) in state.pauses where Route.named(api) != nil { scheduler.pause(api, until: until) }
         restore(state.records)
         watch(tokens)
