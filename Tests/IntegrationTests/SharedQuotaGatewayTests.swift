@@ -7,7 +7,7 @@ import Testing
 /// Several `mdegate serve` processes sharing one quota in a real PostgreSQL server, judged by one
 /// strict simulator: the quota holds across hosts, a 429 pauses them all, and a database or a
 /// host that goes away loses nothing and never overspends.
-@Suite("Shared quota: several gateways, one ledger in PostgreSQL", .serialized, .timeLimit(.minutes(3)))
+@Suite("Shared quota: several gateways, one ledger in PostgreSQL", .serialized, .timeLimit(.minutes(5)))
 struct SharedQuotaGatewayTests {
     static let strict = ["--limit", "5/1s", "--limit", "12/4s", "--retry-after", "1"]
     static let limits = [(calls: 5, seconds: 1.0), (calls: 12, seconds: 4.0)]
@@ -153,6 +153,7 @@ struct SharedQuotaGatewayTests {
             #expect(rendered.stdout.contains("DATABASE UNAVAILABLE"), "\(rendered.stdout)")
             let shared = try await Self.sharedQuota(rig.gateway(0))
             #expect(shared["lastError"]?.string?.isEmpty == false, "status says why: \(shared)")
+            #expect(try await Self.sharedQuotaUp(rig.gateway(0)) == 0, "the metric says so too")
             // Admissions go on and are kept.
             admitted += try await Self.admit(3, to: rig, hosts: [0, 1, 2])
             let upAgain = Date()
@@ -168,8 +169,15 @@ struct SharedQuotaGatewayTests {
             #expect(during.isEmpty, "arrivals while the database was down: \(during)")
             for host in 0..<3 {
                 #expect(try await Self.sharedQuota(rig.gateway(host))["reachable"]?.bool == true)
+                #expect(try await Self.sharedQuotaUp(rig.gateway(host)) == 1)
             }
         }
+    }
+
+    /// `mdegate_shared_quota_up` from the gateway's `/metrics`.
+    static func sharedQuotaUp(_ gateway: GatewayProcess) async throws -> Double? {
+        let response = try await gateway.client.http.get("/metrics")
+        return try Exposition(String(decoding: response.body, as: UTF8.self)).value("mdegate_shared_quota_up")
     }
 
     @Test("kill -9 of one gateway mid-burst: the others go on, and the killed one recovers its queue after a restart")
@@ -218,7 +226,7 @@ struct SharedQuotaGatewayTests {
 
 /// What an operator sees when the shared quota is configured wrong: `check-config` and the
 /// daemon name the key and the reason, and never print the password.
-@Suite("Shared quota: bad configuration", .serialized, .timeLimit(.minutes(3)))
+@Suite("Shared quota: bad configuration", .serialized, .timeLimit(.minutes(5)))
 struct SharedQuotaConfigurationTests {
     static let password = "pw-Zq81-never-shown"
 
