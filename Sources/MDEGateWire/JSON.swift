@@ -88,10 +88,19 @@ public enum JSON {
         Array((try? encoder.encode(value)) ?? Data("null".utf8))
     }
 
-    /// ISO 8601, UTC, milliseconds: `2026-11-24T04:03:35.123Z`.
+    /// ISO 8601, UTC, milliseconds: `2026-11-24T04:03:35.123Z`, truncated to the millisecond.
+    ///
+    /// The whole seconds are formatted and the milliseconds written from the integer, because
+    /// seconds as a `Double` can land a hair below a whole second (`…57.999Z` for a pause that
+    /// ends at `…58Z`).
     public static func timestamp(_ time: Timestamp) -> String {
-        Date(timeIntervalSince1970: time.secondsSinceEpoch)
-            .formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+        let ns = time.nanosecondsSinceEpoch
+        let ms = ns >= 0 ? ns / 1_000_000 : (ns - 999_999) / 1_000_000
+        let seconds = ms >= 0 ? ms / 1000 : (ms - 999) / 1000
+        let millis = Int(ms - seconds * 1000)
+        let whole = Date(timeIntervalSince1970: Double(seconds)).formatted(Date.ISO8601FormatStyle())
+        let digits = String(millis)
+        return whole.dropLast() + "." + String(repeating: "0", count: 3 - digits.count) + digits + "Z"
     }
 
     /// An ISO 8601 instant with a zone (`2026-11-24T04:03:35Z`, `…35.123Z`, `…35+01:00`), as
@@ -99,6 +108,7 @@ public enum JSON {
     public static func timestamp(parsing text: String) -> Timestamp? {
         let date = (try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)))
             ?? (try? Date(text, strategy: Date.ISO8601FormatStyle()))
-        return date.map { Timestamp(nanosecondsSinceEpoch: Int64(($0.timeIntervalSince1970 * 1e9).rounded())) }
+        // To the millisecond, the most the format carries; a Double holds no more exactly.
+        return date.map { Timestamp(nanosecondsSinceEpoch: Int64(($0.timeIntervalSince1970 * 1000).rounded()) * 1_000_000) }
     }
 }

@@ -66,6 +66,7 @@ struct ActionFamilyTests {
     func saturatedIsolateDelaysNothingElse() async throws {
         var options = GatewayOptions()
         options.apiLimits = ["isolate": ["2/1s", "4/4s"]]
+        options.guardBand = GatewayOptions.strictUpstreamGuard
         try await withRig(
             simulator: ["--limit", "5/1s", "--limit", "12/4s", "--api-limits", "isolate=2/1s,4/4s"],
             gateway: options, alone: true
@@ -126,6 +127,7 @@ struct ActionFamilyTests {
     func crashAcrossAPIs() async throws {
         var options = GatewayOptions()
         options.limits = ["3/1s", "8/4s"]
+        options.guardBand = GatewayOptions.strictUpstreamGuard
         try await withRig(
             simulator: ["--limit", "3/1s", "--limit", "8/4s", "--retry-after", "1", "--delay", "50ms"],
             gateway: options, alone: true

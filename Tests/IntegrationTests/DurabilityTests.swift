@@ -57,6 +57,7 @@ struct DurabilityTests {
     func crashesUnderLoad() async throws {
         var options = GatewayOptions()
         options.limits = ["5/1s", "12/4s"]
+        options.guardBand = GatewayOptions.strictUpstreamGuard
         let kills = 3
         try await withRig(
             simulator: ["--limit", "5/1s", "--limit", "12/4s", "--retry-after", "1", "--delay", "100ms"],

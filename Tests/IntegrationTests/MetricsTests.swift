@@ -52,6 +52,7 @@ struct MetricsTests {
             #expect(metrics.value("mdegate_requests_finished_total", ["api": "cancel", "state": "done"]) == 1)
             #expect(metrics.value("mdegate_requests_finished_total", ["api": "cancel", "state": "failed"]) == 1)
             #expect(metrics.value("mdegate_requests_rejected_total", ["code": "InvalidMachineActionId"]) == 1)
+            #expect(metrics.value("mdegate_requests_rejected_total", ["code": "QueueFull"]) == 0, "there from the start")
             #expect(metrics.value("mdegate_quota_limit_calls", ["api": "cancel", "limit": "100/1h"]) == 100)
             #expect(metrics.value("mdegate_quota_limit_calls", ["api": "cancel", "limit": "5/1s"]) == 5)
             #expect(metrics.value("mdegate_quota_used_calls", ["api": "cancel", "limit": "100/1h"]) == 3,

@@ -7,8 +7,11 @@ import Testing
 struct SchedulingTests {
     @Test("a burst of 36 distinct cancels under 5/1s + 12/4s all succeed with zero violations upstream")
     func saturatingBurst() async throws {
+        var options = GatewayOptions()
+        options.guardBand = GatewayOptions.strictUpstreamGuard
         try await withRig(
             simulator: ["--limit", "5/1s", "--limit", "12/4s", "--retry-after", "1"],
+            gateway: options,
             alone: true
         ) { rig in
             let ids = (0..<36).map { _ in machineActionID() }
@@ -37,6 +40,7 @@ struct SchedulingTests {
     func burstAgainstSlowUpstream() async throws {
         var options = GatewayOptions()
         options.limits = ["5/1s"]
+        options.guardBand = GatewayOptions.strictUpstreamGuard
         try await withRig(
             simulator: ["--limit", "5/1s", "--retry-after", "1", "--delay", "300ms"],
             gateway: options,

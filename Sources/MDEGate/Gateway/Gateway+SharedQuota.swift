@@ -105,7 +105,7 @@ extension Gateway {
             Task {
                 let answer = await shared.takeSlot(api: api, limits: limits, guardBand: guardBand)
                 let answeredAt = clock()
-                await self.slotAnswered(api, answer, askedAt: askedAt, answeredAt: answeredAt)
+                self.slotAnswered(api, answer, askedAt: askedAt, answeredAt: answeredAt)
             }
         }
     }
@@ -156,7 +156,7 @@ extension Gateway {
         let logger = self.logger
         Task {
             let probe = await shared.connection.probe(logger: logger)
-            await self.probed(probe)
+            self.probed(probe)
         }
     }
 

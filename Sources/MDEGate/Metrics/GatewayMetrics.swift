@@ -176,6 +176,8 @@ public final class GatewayMetrics: Sendable {
         tokenFailures = counter("mdegate_token_requests_total", [("result", "failure")], tokens)
         queueDepth = meter("mdegate_queue_depth", [], "Queued requests (not yet sent), over every upstream API.")
         inFlight = meter("mdegate_inflight_attempts", [], "Upstream attempts sent and not yet answered.")
+        // The codes a caller's input can be refused with exist from the start, at 0.
+        for code in Self.rejectionCodes { _ = registry.counter(Self.rejectedName, [("code", code)], help: Self.rejectedHelp) }
         tokenExpiry = meter(
             "mdegate_token_expiry_timestamp_seconds", [],
             "When the access token in hand expires (Unix time); 0 when there is none or its source does not say.")
@@ -187,11 +189,16 @@ public final class GatewayMetrics: Sendable {
     /// Counts a request that was refused before it became one (bad input, a full queue, a
     /// state file that could not be written), by the error code its caller heard.
     func rejected(code: String) {
-        registry.counter(
-            "mdegate_requests_rejected_total", [("code", code)],
-            help: "Requests refused before they became a request (bad input, a full queue, a store failure), by error code."
-        ).increment()
+        registry.counter(Self.rejectedName, [("code", code)], help: Self.rejectedHelp).increment()
     }
+
+    private static let rejectedName = "mdegate_requests_rejected_total"
+    private static let rejectedHelp =
+        "Requests refused before they became a request (bad input, a full queue, a store failure), by error code."
+    /// The error codes of refused calls (the README's list); others (404, 405) appear when first seen.
+    static let rejectionCodes = [
+        "InvalidMachineActionId", "InvalidMachineId", "InvalidRequestBody", "InvalidQuery", "QueueFull", "StoreUnavailable",
+    ]
 
     /// Counts a token request to the identity platform.
     func tokenRequest(succeeded: Bool) {

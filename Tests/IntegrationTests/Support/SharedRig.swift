@@ -86,7 +86,7 @@ private func runSharedRig<T>(
         var options: [GatewayOptions] = []
         for index in 0..<hosts {
             var host = base
-            if host.guardBand == GatewayOptions().guardBand { host.guardBand = "100ms" }
+            if host.guardBand == GatewayOptions().guardBand { host.guardBand = GatewayOptions.strictUpstreamGuard }
             host.sharedQuota["url"] = postgres.socketURL
             host.sharedQuota["host_name"] = SharedRig.hostName(index)
             options.append(host)
