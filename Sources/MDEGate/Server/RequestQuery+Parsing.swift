@@ -11,9 +11,11 @@ extension RequestQuery {
     static func parse(_ query: Substring?, now: Timestamp) -> Result<RequestQuery, ValidationProblem> {
         var result = RequestQuery()
         guard let query, !query.isEmpty else { return .success(result) }
-        let items = URLComponents(string: "/?" + query)?.queryItems ?? []
         func problem(_ message: String) -> Result<RequestQuery, ValidationProblem> {
             .failure(ValidationProblem(code: "InvalidQuery", message: message))
+        }
+        guard let items = URLComponents(string: "/?" + query)?.queryItems else {
+            return problem("the query string cannot be read as name=value pairs")
         }
         var seen: Set<String> = []
         for item in items {
