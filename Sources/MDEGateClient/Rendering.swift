@@ -194,7 +194,7 @@ public enum Rendering {
 
     /// "paused for 30m00s (until 2026-11-24T04:35:12.000Z) after an upstream 429".
     static func pause(_ iso: String, now: Date) -> String {
-        guard let date = try? Date(iso, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)),
+        guard let date = Self.date(iso),
             date > now
         else { return "paused until \(iso) after an upstream 429" }
         return "paused for \(duration(date.timeIntervalSince(now))) (until \(iso)) after an upstream 429"
@@ -306,7 +306,8 @@ public enum Rendering {
         return lines.joined(separator: "\n")
     }
 
-    private static func date(_ iso: String) -> Date? {
+    /// An instant as the gateway writes it (ISO 8601 with milliseconds).
+    static func date(_ iso: String) -> Date? {
         try? Date(iso, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true))
     }
 
@@ -323,7 +324,7 @@ public enum Rendering {
     /// "in 12.3 s (2026-11-24T04:05:12.000Z)" for a future ISO time ("in 4m05s", "in 1h02m" when
     /// farther), the time alone otherwise.
     static func relative(_ iso: String, now: Date) -> String {
-        guard let date = try? Date(iso, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)) else {
+        guard let date = Self.date(iso) else {
             return iso
         }
         let seconds = date.timeIntervalSince(now)

@@ -37,7 +37,7 @@ struct AuthTests {
             #expect(stats.arrivals == 1, "token requests are not API calls: \(stats)")
             #expect(status["limits"]?[0]?["used"]?.int == 1, "the token request spent no quota: \(status)")
             // The metrics count the token request and say when the token expires.
-            let metrics = try Exposition(String(decoding: try await rig.client.http.get("/metrics").body, as: UTF8.self))
+            let metrics = try await rig.client.metrics()
             #expect(metrics.value("mdegate_token_requests_total", ["result": "success"]) == 1)
             #expect(metrics.value("mdegate_token_requests_total", ["result": "failure"]) == 0)
             let expiry = try #require(metrics.value("mdegate_token_expiry_timestamp_seconds"))
@@ -207,11 +207,10 @@ struct AuthTests {
             }
             #expect(!"\(status)".contains("wrong-secret-value"), "\(status)")
             #expect(!"\(status)".contains(rig.simulator.clientSecret), "\(status)")
-            let metrics = try await rig.client.http.get("/metrics")
-            let failures = try Exposition(String(decoding: metrics.body, as: UTF8.self))
-                .value("mdegate_token_requests_total", ["result": "failure"]) ?? 0
+            let metrics = try await rig.client.metrics()
+            let failures = metrics.value("mdegate_token_requests_total", ["result": "failure"]) ?? 0
             #expect(failures >= 1, "the refused token request is counted")
-            #expect(!String(decoding: metrics.body, as: UTF8.self).contains("wrong-secret-value"))
+            #expect(!metrics.text.contains("wrong-secret-value"))
 
             try rig.directory.write(rig.simulator.clientSecret, to: "client-secret")
             let done = try await eventually("the queued request to complete", timeout: .seconds(90), { try await rig.client.record(rid) }) {

@@ -99,10 +99,7 @@ struct MetricsTests {
                 let accepted = try await rig.client.cancel(machineActionID(), client: "queued-\(index % 2)", prefer: "respond-async")
                 #expect(accepted.status == 202)
             }
-            let metrics = try await eventually("two requests queued", { () async throws -> Exposition in
-                let response = try await rig.client.http.get("/metrics")
-                return try Exposition(String(decoding: response.body, as: UTF8.self))
-            }) { $0.value("mdegate_queue_depth") == 2 && $0.value("mdegate_inflight_attempts") == 0 }
+            let metrics = try await eventually("two requests queued", { try await rig.client.metrics() }) { $0.value("mdegate_queue_depth") == 2 && $0.value("mdegate_inflight_attempts") == 0 }
             #expect(metrics.value("mdegate_queued_calls", ["api": "cancel"]) == 2)
             #expect(metrics.value("mdegate_queued_calls", ["api": "isolate"]) == 0)
             let byClient = metrics.series("mdegate_queue_depth_by_client")
@@ -127,10 +124,7 @@ struct MetricsTests {
         try await withRig(gateway: options) { rig in
             let accepted = try await rig.client.cancel(machineActionID(), prefer: "respond-async")
             #expect(accepted.status == 202)
-            let metrics = try await eventually("the queue overdue", { () async throws -> Exposition in
-                let response = try await rig.client.http.get("/metrics")
-                return try Exposition(String(decoding: response.body, as: UTF8.self))
-            }) { ($0.value("mdegate_queue_overdue_seconds", ["api": "cancel"]) ?? 0) > 0.2 }
+            let metrics = try await eventually("the queue overdue", { try await rig.client.metrics() }) { ($0.value("mdegate_queue_overdue_seconds", ["api": "cancel"]) ?? 0) > 0.2 }
             #expect(metrics.value("mdegate_queued_calls", ["api": "cancel"]) == 1)
             #expect(metrics.value("mdegate_queue_overdue_seconds", ["api": "isolate"]) == 0)
             #expect(try await rig.simulator.stats().arrivals == 0)

@@ -241,10 +241,41 @@ public final class GatewayMetrics: Sendable {
     }
 
     private struct DynamicSeries {
-        var limitCalls: [String: Prometheus.Gauge] = [:]
-        var limitUsed: [String: Prometheus.Gauge] = [:]
-        var clients: [String: Prometheus.Gauge] = [:]
+        var limitCalls = GaugeFamily(
+            name: "mdegate_quota_limit_calls",
+            help: "Calls the limit allows in its window, by upstream API and limit (as configured, e.g. 100/1m).")
+        var limitUsed = GaugeFamily(
+            name: "mdegate_quota_used_calls",
+            help: "Calls counted in the limit's window now (this host's, guard band included), by upstream API and limit.")
+        var clients = GaugeFamily(
+            name: "mdegate_queue_depth_by_client",
+            help: "Queued requests by client (Mdegate-Client name, or uid); only clients with requests queued.")
         var sharedQuotaUp: Prometheus.Gauge?
+    }
+
+    /// A gauge whose label sets come and go: each scrape sets the series it sees, and drops the
+    /// ones it no longer sees.
+    private struct GaugeFamily {
+        let name: String
+        let help: String
+        private var series: [[String]: Prometheus.Gauge] = [:]
+
+        init(name: String, help: String) {
+            self.name = name
+            self.help = help
+        }
+
+        mutating func set(_ values: [(labels: [(String, String)], value: Double)], in registry: PrometheusCollectorRegistry) {
+            var kept: [[String]: Prometheus.Gauge] = [:]
+            for (labels, value) in values {
+                let key = labels.flatMap { [$0.0, $0.1] }
+                let gauge = series.removeValue(forKey: key) ?? registry.gauge(name, labels, help: help)
+                gauge.set(value)
+                kept[key] = gauge
+            }
+            for gauge in series.values { registry.unregisterGauge(gauge) }
+            series = kept
+        }
     }
 
     /// Sets every scrape-time series from `snapshot`; series of limits or clients that are gone
@@ -264,40 +295,10 @@ public final class GatewayMetrics: Sendable {
 
         let registry = self.registry
         dynamic.withLock { series in
-            var calls: [String: Prometheus.Gauge] = [:]
-            var used: [String: Prometheus.Gauge] = [:]
-            for limit in snapshot.limits {
-                let labels = [("api", limit.api.name), ("limit", limit.spec)]
-                let key = limit.api.name + " " + limit.spec
-                let callsGauge = series.limitCalls.removeValue(forKey: key)
-                    ?? registry.gauge(
-                        "mdegate_quota_limit_calls", labels,
-                        help: "Calls the limit allows in its window, by upstream API and limit (as configured, e.g. 100/1m).")
-                let usedGauge = series.limitUsed.removeValue(forKey: key)
-                    ?? registry.gauge(
-                        "mdegate_quota_used_calls", labels,
-                        help: "Calls counted in the limit's window now (this host's, guard band included), by upstream API and limit.")
-                callsGauge.set(Double(limit.calls))
-                usedGauge.set(Double(limit.used))
-                calls[key] = callsGauge
-                used[key] = usedGauge
-            }
-            for gauge in series.limitCalls.values { registry.unregisterGauge(gauge) }
-            for gauge in series.limitUsed.values { registry.unregisterGauge(gauge) }
-            series.limitCalls = calls
-            series.limitUsed = used
-
-            var clients: [String: Prometheus.Gauge] = [:]
-            for (client, depth) in snapshot.clients {
-                let gauge = series.clients.removeValue(forKey: client)
-                    ?? registry.gauge(
-                        "mdegate_queue_depth_by_client", [("client", client)],
-                        help: "Queued requests by client (Mdegate-Client name, or uid); only clients with requests queued.")
-                gauge.set(Double(depth))
-                clients[client] = gauge
-            }
-            for gauge in series.clients.values { registry.unregisterGauge(gauge) }
-            series.clients = clients
+            let limits = snapshot.limits.map { limit in (limit, [("api", limit.api.name), ("limit", limit.spec)]) }
+            series.limitCalls.set(limits.map { ($1, Double($0.calls)) }, in: registry)
+            series.limitUsed.set(limits.map { ($1, Double($0.used)) }, in: registry)
+            series.clients.set(snapshot.clients.map { ([("client", $0.client)], Double($0.depth)) }, in: registry)
 
             if let up = snapshot.sharedQuotaUp {
                 let gauge = series.sharedQuotaUp

@@ -48,6 +48,13 @@ final class GatewayClient: Sendable {
         return try response.json()
     }
 
+    /// `GET /metrics`, which must answer 200 with Prometheus's text format, parsed.
+    func metrics() async throws -> Exposition {
+        let response = try await http.get("/metrics")
+        guard response.status == 200 else { throw HarnessError("GET /metrics: \(response.summary)") }
+        return try Exposition(String(decoding: response.body, as: UTF8.self))
+    }
+
     /// `GET /v1/status`, which must answer 200 with the status document.
     func status() async throws -> JSON {
         let response = try await http.get("/v1/status")
