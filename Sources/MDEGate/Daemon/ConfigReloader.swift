@@ -2,6 +2,7 @@ import Logging
 import MDEGateConfig
 import MDEGateTransport
 import ServiceLifecycle
+import Synchronization
 import UnixSignals
 
 /// Reloads the configuration on SIGHUP (`systemctl reload mdegate`), keeping queue and ledger.
@@ -25,9 +26,9 @@ struct ConfigReloader: Service {
     /// What the reloader replaced last: the configuration in force and its transport, whose
     /// owner (the daemon) shuts it down at exit.
     final class Running: Sendable {
-        let state: LockedState<(configuration: GatewayConfiguration, transport: CurlTransport, tokens: any TokenSource)>
+        let state: Mutex<(configuration: GatewayConfiguration, transport: CurlTransport, tokens: any TokenSource)>
         init(configuration: GatewayConfiguration, transport: CurlTransport, tokens: any TokenSource) {
-            state = LockedState((configuration, transport, tokens))
+            state = Mutex((configuration, transport, tokens))
         }
         var transport: CurlTransport { state.withLock { $0.transport } }
     }

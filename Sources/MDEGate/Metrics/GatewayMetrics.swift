@@ -1,6 +1,7 @@
 import CoreMetrics
 import MDEGateCore
 import Prometheus
+import Synchronization
 
 /// The daemon's Prometheus metrics (README "Metrics and alerts"), in one registry per daemon.
 ///
@@ -76,7 +77,7 @@ public final class GatewayMetrics: Sendable {
     let tokenExpiry: CoreMetrics.Meter
     /// Series whose labels come and go (limits after a reload, client names): made at a scrape,
     /// dropped at the scrape that no longer sees them.
-    private let dynamic = LockedState(DynamicSeries())
+    private let dynamic = Mutex(DynamicSeries())
 
     /// Histogram buckets in seconds. Queue waits run up to the hour's quota and beyond; dispatch
     /// lag is a few milliseconds when all is well; commits are one fsync.

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOHTTP1
+import Synchronization
 
 /// One connection's requests, each handed to `LocalAPI` in the turn its last byte was read, and
 /// its answer written in the turn it is ready: head, body and end in one flush.
@@ -84,7 +85,7 @@ final class LocalAPIHandler: ChannelInboundHandler, RemovableChannelHandler {
 
 /// The server's open connections, so that a stop past its grace period can close them.
 final class OpenConnections: Sendable {
-    private let channels = LockedState<[ObjectIdentifier: any Channel]>([:])
+    private let channels = Mutex<[ObjectIdentifier: any Channel]>([:])
 
     func insert(_ channel: any Channel) {
         let key = ObjectIdentifier(channel)

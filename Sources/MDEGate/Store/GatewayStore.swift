@@ -1,4 +1,5 @@
 import MDEGateCore
+import Synchronization
 
 /// One change to the gateway's durable state.
 public enum StoreChange: Sendable {
@@ -70,7 +71,7 @@ public final class InMemoryStore: GatewayStore {
         var pauses: [UpstreamAPI: Timestamp] = [:]
     }
 
-    private let state = LockedState(State())
+    private let state = Mutex(State())
 
     public init() {}
 

@@ -3,6 +3,7 @@ import Logging
 import MDEGateCore
 import MDEGateTransport
 import MDEGateWire
+import Synchronization
 
 /// OAuth2 client credentials against the Microsoft identity platform: a client secret or a
 /// certificate-signed client assertion buys an access token, which is cached and refreshed
@@ -46,7 +47,7 @@ public final class OAuth2TokenProvider: TokenSource {
         var lastError: String?
         var handlers: [@Sendable () -> Void] = []
     }
-    private let state = LockedState(State())
+    private let state = Mutex(State())
 
     public var mode: String {
         switch credential {

@@ -1,5 +1,6 @@
 import Foundation
 import MDEGateCore
+import Synchronization
 
 /// A bearer token kept fresh by another tool in a file (`auth.token_file`).
 ///
@@ -19,7 +20,7 @@ public final class TokenFileProvider: TokenSource {
     }
     /// How long a token read from the file is used before the file is looked at again.
     private static let recheckInterval: Duration = .seconds(1)
-    private let cache = LockedState(Cache())
+    private let cache = Mutex(Cache())
 
     public init(path: String) {
         self.path = path
