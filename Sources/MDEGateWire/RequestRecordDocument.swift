@@ -10,22 +10,12 @@ public enum RequestState: String, Sendable, Codable {
 public struct RequestClient: Sendable, Equatable, Codable {
     public var uid: UInt32
     public var pid: Int32
-    public var name: String?
+    @AlwaysWritten public var name: String?
 
     public init(uid: UInt32, pid: Int32, name: String?) {
         self.uid = uid
         self.pid = pid
         self.name = name
-    }
-
-    enum CodingKeys: String, CodingKey { case uid, pid, name }
-
-    /// Writes `name` as null when absent, so every record has the same shape.
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(uid, forKey: .uid)
-        try container.encode(pid, forKey: .pid)
-        try container.encode(name, forKey: .name)
     }
 }
 
@@ -135,18 +125,10 @@ public struct RequestRecordDocument: Codable, Sendable, Equatable {
 /// next page (null on the last).
 public struct RequestListDocument: Codable, Sendable, Equatable {
     public var requests: [RequestRecordDocument]
-    public var next: String?
+    @AlwaysWritten public var next: String?
 
     public init(requests: [RequestRecordDocument], next: String?) {
         self.requests = requests
         self.next = next
-    }
-
-    enum CodingKeys: String, CodingKey { case requests, next }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(requests, forKey: .requests)
-        try container.encode(next, forKey: .next)
     }
 }

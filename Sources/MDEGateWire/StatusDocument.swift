@@ -5,7 +5,7 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         public var calls: Int
         public var windowSeconds: Double
         public var used: Int
-        public var nextFreeAt: String?
+        @AlwaysWritten public var nextFreeAt: String?
 
         public init(spec: String, calls: Int, windowSeconds: Double, used: Int, nextFreeAt: String?) {
             self.spec = spec
@@ -40,7 +40,7 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         /// `cancel`, `isolate`, … (the names of configuration's `quota.apis`).
         public var name: String
         public var limits: [LimitState]
-        public var pausedUntil: String?
+        @AlwaysWritten public var pausedUntil: String?
         /// Upstream calls waiting (coalesced requests ride on one), backoffs not counted.
         public var queued: Int
         /// This host's attempts per minute over the last hour.
@@ -54,16 +54,6 @@ public struct StatusDocument: Codable, Sendable, Equatable {
             self.lastHour = lastHour
         }
 
-        enum CodingKeys: String, CodingKey { case name, limits, pausedUntil, queued, lastHour }
-
-        public func encode(to encoder: any Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(name, forKey: .name)
-            try container.encode(limits, forKey: .limits)
-            try container.encode(pausedUntil, forKey: .pausedUntil)
-            try container.encode(queued, forKey: .queued)
-            try container.encodeIfPresent(lastHour, forKey: .lastHour)
-        }
     }
 
     /// Attempts per minute: sixty minutes from `start` (ISO 8601, the start of the oldest), the
@@ -82,8 +72,8 @@ public struct StatusDocument: Codable, Sendable, Equatable {
 
     public struct Upstream: Codable, Sendable, Equatable {
         public var baseUrl: String
-        public var lastStatus: Int?
-        public var lastError: String?
+        @AlwaysWritten public var lastStatus: Int?
+        @AlwaysWritten public var lastError: String?
 
         public init(baseUrl: String, lastStatus: Int?, lastError: String?) {
             self.baseUrl = baseUrl
@@ -94,8 +84,8 @@ public struct StatusDocument: Codable, Sendable, Equatable {
 
     public struct Auth: Codable, Sendable, Equatable {
         public var mode: String
-        public var tokenExpiresAt: String?
-        public var lastError: String?
+        @AlwaysWritten public var tokenExpiresAt: String?
+        @AlwaysWritten public var lastError: String?
 
         public init(mode: String, tokenExpiresAt: String?, lastError: String?) {
             self.mode = mode
@@ -158,14 +148,14 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         /// sent upstream (fail closed); requests are still admitted and kept.
         public var reachable: Bool
         /// Why the database could not be used, while it cannot.
-        public var lastError: String?
+        @AlwaysWritten public var lastError: String?
         /// Since when it could not be used.
-        public var unreachableSince: String?
+        @AlwaysWritten public var unreachableSince: String?
         /// The limits in use by every host (limits with no use left out); nil when the database
         /// could not be asked for this status.
-        public var usage: [Usage]?
+        @AlwaysWritten public var usage: [Usage]?
         /// Nil before the first slot request was answered.
-        public var slotRequests: RoundTrips?
+        @AlwaysWritten public var slotRequests: RoundTrips?
 
         public init(
             database: String, key: String, host: String, reachable: Bool, lastError: String?,
@@ -181,21 +171,6 @@ public struct StatusDocument: Codable, Sendable, Equatable {
             self.slotRequests = slotRequests
         }
 
-        enum CodingKeys: String, CodingKey {
-            case database, key, host, reachable, lastError, unreachableSince, usage, slotRequests
-        }
-
-        public func encode(to encoder: any Encoder) throws {
-            var container = encoder.container(keyedBy: CodingKeys.self)
-            try container.encode(database, forKey: .database)
-            try container.encode(key, forKey: .key)
-            try container.encode(host, forKey: .host)
-            try container.encode(reachable, forKey: .reachable)
-            try container.encode(lastError, forKey: .lastError)
-            try container.encode(unreachableSince, forKey: .unreachableSince)
-            try container.encode(usage, forKey: .usage)
-            try container.encode(slotRequests, forKey: .slotRequests)
-        }
     }
 
     /// The `cancel` API's limits (as before there were several APIs; `apis` has every one).
@@ -203,13 +178,13 @@ public struct StatusDocument: Codable, Sendable, Equatable {
     public var guardMs: Int
     public var queue: Queue
     /// The `cancel` API's pause.
-    public var pausedUntil: String?
+    @AlwaysWritten public var pausedUntil: String?
     public var inFlight: Int
     /// Every upstream API, in the route table's order.
     public var apis: [APIState]
     public var upstream: Upstream
     public var auth: Auth
-    public var sharedQuota: SharedQuota?
+    @AlwaysWritten public var sharedQuota: SharedQuota?
 
     public init(
         limits: [LimitState], guardMs: Int, queue: Queue, pausedUntil: String?, inFlight: Int, apis: [APIState],
@@ -224,53 +199,5 @@ public struct StatusDocument: Codable, Sendable, Equatable {
         self.upstream = upstream
         self.auth = auth
         self.sharedQuota = sharedQuota
-    }
-
-    enum CodingKeys: String, CodingKey { case limits, guardMs, queue, pausedUntil, inFlight, apis, upstream, auth, sharedQuota }
-
-    /// Writes every key, nulls included, so clients can rely on the shape.
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(limits, forKey: .limits)
-        try container.encode(guardMs, forKey: .guardMs)
-        try container.encode(queue, forKey: .queue)
-        try container.encode(pausedUntil, forKey: .pausedUntil)
-        try container.encode(inFlight, forKey: .inFlight)
-        try container.encode(apis, forKey: .apis)
-        try container.encode(upstream, forKey: .upstream)
-        try container.encode(auth, forKey: .auth)
-        try container.encode(sharedQuota, forKey: .sharedQuota)
-    }
-}
-
-extension StatusDocument.LimitState {
-    enum CodingKeys: String, CodingKey { case spec, calls, windowSeconds, used, nextFreeAt }
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(spec, forKey: .spec)
-        try container.encode(calls, forKey: .calls)
-        try container.encode(windowSeconds, forKey: .windowSeconds)
-        try container.encode(used, forKey: .used)
-        try container.encode(nextFreeAt, forKey: .nextFreeAt)
-    }
-}
-
-extension StatusDocument.Upstream {
-    enum CodingKeys: String, CodingKey { case baseUrl, lastStatus, lastError }
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(baseUrl, forKey: .baseUrl)
-        try container.encode(lastStatus, forKey: .lastStatus)
-        try container.encode(lastError, forKey: .lastError)
-    }
-}
-
-extension StatusDocument.Auth {
-    enum CodingKeys: String, CodingKey { case mode, tokenExpiresAt, lastError }
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(mode, forKey: .mode)
-        try container.encode(tokenExpiresAt, forKey: .tokenExpiresAt)
-        try container.encode(lastError, forKey: .lastError)
     }
 }
