@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import JWTKit
 import MDEGateCore
 import NIOHTTP1
 import _CryptoExtras
@@ -81,62 +82,45 @@ struct ClientAssertionCheck: Sendable {
 
     // MARK: The parts
 
-    private struct Header: Decodable {
-        var alg: String?
-        var x5t: String?
-        var x5tS256: String?
-
-        private enum CodingKeys: String, CodingKey {
-            case alg, x5t
-            case x5tS256 = "x5t#S256"
-        }
-    }
-
     /// A string `aud` only: the identity platform refuses an audience array.
-    private struct Claims: Decodable {
+    private struct Claims: JWTPayload {
         var aud: String?
         var iss: String?
         var sub: String?
         var exp: Double?
         var nbf: Double?
         var jti: String?
+
+        /// The rules are checked one by one in `check`, each with the identity platform's code.
+        func verify(using _: some JWTAlgorithm) {}
     }
 
     private struct Token {
-        var header: Header
+        var header: JWTHeader
         var claims: Claims
         /// `base64url(header).base64url(claims)`, the bytes the signature covers.
         var signingInput: Substring
-        var signature: [UInt8]
+        var signature: Data
     }
 
+    /// jwt-kit's parser: three base64url parts, a JSON header and JSON claims, nothing verified yet.
     private static func parse(_ assertion: String) throws(TokenIssuer.Refusal) -> Token {
-        let parts = assertion.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 3 else {
-            throw Self.malformed("a compact JWS has three base64url parts separated by '.', this has \(parts.count)")
-        }
-        guard let headerBytes = Base64URL.decode(parts[0]), let claimBytes = Base64URL.decode(parts[1]),
-            let signature = Base64URL.decode(parts[2]), !signature.isEmpty
-        else { throw Self.malformed("its parts are not all non-empty base64url (without padding)") }
-        let header: Header = try Self.decode(headerBytes, "header")
-        let claims: Claims = try Self.decode(claimBytes, "claims")
-        let signingInput = assertion[parts[0].startIndex..<parts[1].endIndex]
-        return Token(header: header, claims: claims, signingInput: signingInput, signature: signature)
-    }
-
-    private static func decode<Part: Decodable>(_ bytes: [UInt8], _ name: String) throws(TokenIssuer.Refusal) -> Part {
+        let parsed: (header: JWTHeader, payload: Claims, signature: Data)
         do {
-            return try JSONDecoder().decode(Part.self, from: Data(bytes))
-        } catch DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context) {
-            let path = context.codingPath.map(\.stringValue).joined(separator: ".")
-            throw Self.malformed(path.isEmpty ? "its \(name) is not a JSON object" : "the \(name) field '\(path)' has the wrong type")
+            parsed = try DefaultJWTParser().parse(Array(assertion.utf8), as: Claims.self)
+        } catch let error as JWTError {
+            throw Self.malformed(error.reason ?? "\(error.errorType)")
         } catch {
-            throw Self.malformed("its \(name) is not JSON")
+            throw Self.malformed("\(error)")
         }
+        guard !parsed.signature.isEmpty, let lastDot = assertion.lastIndex(of: ".") else {
+            throw Self.malformed("its signature is empty")
+        }
+        return Token(header: parsed.header, claims: parsed.payload, signingInput: assertion[..<lastDot], signature: parsed.signature)
     }
 
     /// The registered certificate the header names, after its algorithm is checked.
-    private func registeredCertificate(for header: Header) throws(TokenIssuer.Refusal) -> RegisteredCertificate {
+    private func registeredCertificate(for header: JWTHeader) throws(TokenIssuer.Refusal) -> RegisteredCertificate {
         guard let algorithm = header.alg else { throw Self.malformed("its header has no 'alg'") }
         guard algorithm == "RS256" else {
             throw TokenIssuer.Refusal(.badRequest, "invalid_request", code: 5002738,

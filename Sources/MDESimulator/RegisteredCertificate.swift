@@ -74,7 +74,7 @@ enum PEMBlock {
     }
 }
 
-/// base64url without padding (RFC 4648 §5), the alphabet of JWTs and JWS thumbprints.
+/// base64url without padding (RFC 4648 §5), how JWS headers spell thumbprints.
 enum Base64URL {
     static func encode(_ bytes: some Sequence<UInt8>) -> String {
         Data(bytes).base64EncodedString()
@@ -83,16 +83,4 @@ enum Base64URL {
             .replacingOccurrences(of: "=", with: "")
     }
 
-    /// Nil for anything outside the alphabet, padding included: JWS forbids it.
-    static func decode(_ text: some StringProtocol) -> [UInt8]? {
-        let alphabet = UInt8(ascii: "A")...UInt8(ascii: "Z")
-        let lower = UInt8(ascii: "a")...UInt8(ascii: "z")
-        let digits = UInt8(ascii: "0")...UInt8(ascii: "9")
-        guard text.utf8.allSatisfy({ alphabet.contains($0) || lower.contains($0) || digits.contains($0) || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") }),
-            text.utf8.count % 4 != 1
-        else { return nil }
-        var base64 = text.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
-        base64 += String(repeating: "=", count: (4 - base64.utf8.count % 4) % 4)
-        return Data(base64Encoded: base64).map { [UInt8]($0) }
-    }
 }

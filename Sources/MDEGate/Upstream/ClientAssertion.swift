@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import JWTKit
 import SwiftASN1
 import X509
 import _CryptoExtras
@@ -16,7 +17,7 @@ public struct ClientAssertionSigner: Sendable {
     let thumbprintSHA256: String
     let thumbprintSHA1: String
     let notValidAfter: Date
-    private let key: _RSA.Signing.PrivateKey
+    private let key: JWTKit.Insecure.RSA.PrivateKey
 
     static let assertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
     static let lifetime: TimeInterval = 300
@@ -40,41 +41,46 @@ public struct ClientAssertionSigner: Sendable {
             throw TokenError(message: "auth.client_certificate_file \(certificateFile) is not a PEM certificate (-----BEGIN CERTIFICATE-----)")
         }
         let keyPEM = try Self.read(keyFile, key: "auth.client_key_file")
+        let rsaKey: _RSA.Signing.PrivateKey
         do {
-            key = try _RSA.Signing.PrivateKey(pemRepresentation: keyPEM)
+            rsaKey = try _RSA.Signing.PrivateKey(pemRepresentation: keyPEM)
+            key = try JWTKit.Insecure.RSA.PrivateKey(backing: rsaKey)
         } catch {
             // The key's text is never part of a message.
             throw TokenError(message: "auth.client_key_file \(keyFile) is not an unencrypted RSA private key of at least 2048 bits in PEM (PKCS#1 or PKCS#8); the identity platform takes RSA certificates only")
         }
-        guard Certificate.PublicKey(key.publicKey) == certificate.publicKey else {
+        guard Certificate.PublicKey(rsaKey.publicKey) == certificate.publicKey else {
             throw TokenError(message: "auth.client_key_file \(keyFile) does not belong to the certificate in auth.client_certificate_file \(certificateFile)")
         }
         thumbprintSHA256 = Base64URL.encode(SHA256.hash(data: der))
-        thumbprintSHA1 = Base64URL.encode(Insecure.SHA1.hash(data: der))
+        thumbprintSHA1 = Base64URL.encode(Crypto.Insecure.SHA1.hash(data: der))
         notValidAfter = certificate.notValidAfter
     }
 
     /// A signed assertion for the token endpoint `audience`, valid from `now` for five minutes.
-    func assertion(audience: String, now: Date) throws(TokenError) -> String {
+    func assertion(audience: String, now: Date) async throws(TokenError) -> String {
         let issued = Int(now.timeIntervalSince1970)
-        let header: [String: String] = ["alg": "RS256", "typ": "JWT", "x5t#S256": thumbprintSHA256, "x5t": thumbprintSHA1]
         let claims = Claims(
             aud: audience, iss: clientID, sub: clientID, jti: UUID().uuidString.lowercased(),
             nbf: issued, iat: issued, exp: issued + Int(Self.lifetime))
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var header = JWTHeader()
+        header.x5tS256 = thumbprintSHA256
+        header.x5t = thumbprintSHA1
         do {
-            let signingInput = Base64URL.encode(try encoder.encode(header)) + "." + Base64URL.encode(try encoder.encode(claims))
-            let signature = try key.signature(for: Data(signingInput.utf8), padding: .insecurePKCS1v1_5)
-            return signingInput + "." + Base64URL.encode(signature.rawRepresentation)
+            // jwt-kit writes `alg` (RS256, from the key) and `typ`, and signs with PKCS #1 v1.5.
+            return try await JWTKeyCollection().add(rsa: key, digestAlgorithm: .sha256).sign(claims, header: header)
         } catch {
             throw TokenError(message: "could not sign the client assertion with auth.client_key_file: \(error)")
         }
     }
 
-    private struct Claims: Encodable {
+    /// Times in whole seconds, and `aud` a string: the identity platform refuses an audience array.
+    private struct Claims: JWTPayload {
         var aud, iss, sub, jti: String
         var nbf, iat, exp: Int
+
+        /// Nothing to check: the assertion is made here, and checked by the identity platform.
+        func verify(using _: some JWTAlgorithm) {}
     }
 
     private static func read(_ path: String, key: String) throws(TokenError) -> String {

@@ -183,7 +183,7 @@ public final class OAuth2TokenProvider: TokenSource {
         case .secretFile(let path):
             form.append(("client_secret", try Self.readSecret(path)))
         case .certificate(let signer):
-            let assertion = try signer.assertion(audience: tokenURL, now: Date(timeIntervalSince1970: time.secondsSinceEpoch))
+            let assertion = try await signer.assertion(audience: tokenURL, now: Date(timeIntervalSince1970: time.secondsSinceEpoch))
             form.append(("client_assertion_type", ClientAssertionSigner.assertionType))
             form.append(("client_assertion", assertion))
         }
