@@ -31,6 +31,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/vapor/jwt-kit", from: "5.8.0"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // libcurl from Debian, with typed wrappers for its variadic calls.
@@ -51,7 +52,11 @@ let package = Package(
         // The upstream HTTP transport: libcurl's multi interface on a thread of its own.
         .target(
             name: "MDEGateTransport",
-            dependencies: ["CCurl", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "CCurl",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ]
         ),
         // The YAML configuration with environment overrides, and its validation.
         .target(
@@ -64,7 +69,10 @@ let package = Package(
         ),
         // The local API's documents (status, request record, errors) and the one JSON setup:
         // shared by the daemon, the command line client and the tests.
-        .target(name: "MDEGateWire", dependencies: ["MDEGateCore"]),
+        .target(
+            name: "MDEGateWire",
+            dependencies: ["MDEGateCore", .product(name: "HTTPTypes", package: "swift-http-types")]
+        ),
         // The ledger several hosts share, in PostgreSQL (shared_quota): schema and slot decisions.
         .target(
             name: "MDEGateSharedQuota",
@@ -93,6 +101,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
+                .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Configuration", package: "swift-configuration"),
@@ -140,6 +150,8 @@ let package = Package(
             dependencies: [
                 "MDEGateCore",
                 "MDEGateTransport",
+                "MDEGateWire",
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -152,13 +164,19 @@ let package = Package(
             ]
         ),
         .testTarget(name: "MDEGateConfigTests", dependencies: ["MDEGateConfig"]),
-        .testTarget(name: "MDEGateTests", dependencies: ["MDEGate", "MDEGateWire", "MDEGateClient"]),
+        .testTarget(
+            name: "MDEGateTests",
+            dependencies: [
+                "MDEGate", "MDEGateWire", "MDEGateClient", .product(name: "HTTPTypes", package: "swift-http-types"),
+            ]
+        ),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
                 "MDEGateTransport",
                 "MDEGateCore",
                 "MDEGateWire",
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 // The shared quota's tests start a throwaway PostgreSQL server.
                 "MDEGateSharedQuota",
                 .product(name: "PostgresNIO", package: "postgres-nio"),

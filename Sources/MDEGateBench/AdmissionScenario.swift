@@ -1,6 +1,8 @@
 import Dispatch
 import Foundation
+import HTTPTypes
 import MDEGateCore
+import MDEGateWire
 
 /// `admission`: the upstream is blocked by an exhausted quota (1/1h, one call already made), and
 /// C connections submit N asynchronous cancels as fast as the daemon admits them. Measures the
@@ -32,7 +34,7 @@ struct AdmissionScenario: Sendable {
         // Spend the quota, and wait until that call has come back.
         let blocker = try HTTPConnection(daemon.endpoint, timeoutSeconds: 30).send(
             "POST", "/api/machineactions/\(machineActionID(0, tag: "bbbbbbbb"))/cancel",
-            headers: [("Content-Type", "application/json"), ("Prefer", "respond-async")], body: cancelBody)
+            headers: [.contentType: "application/json", .prefer: "respond-async"], body: cancelBody)
         guard blocker.status == 202 else { throw BenchError("the first (quota-spending) request got \(blocker.status), not 202") }
         let settleDeadline = Now.monotonic() + 10_000_000_000
         while Now.monotonic() < settleDeadline {
@@ -51,7 +53,7 @@ struct AdmissionScenario: Sendable {
         let endpoint = daemon.endpoint
         let timeout = environment.secondsLeft
         let softDeadline = environment.softDeadlineMonotonic
-        let headers: [(name: String, value: String)] = [("Content-Type", "application/json"), ("Prefer", "respond-async")]
+        let headers: HTTPFields = [.contentType: "application/json", .prefer: "respond-async"]
         let submitters = Task {
             await onThreads(clients) { _ in
                 var local = Tally()
@@ -155,7 +157,7 @@ struct AdmissionScenario: Sendable {
                 var status = 0
                 for _ in 0..<7 {
                     let began = Now.monotonic()
-                    guard let reply = try? connection.send("GET", listing.path, headers: [], body: []) else { break }
+                    guard let reply = try? connection.send("GET", listing.path) else { break }
                     times.append(Double(Now.monotonic() - began) / 1e6)
                     status = reply.status
                 }

@@ -1,6 +1,8 @@
 import Dispatch
 import Foundation
+import HTTPTypes
 import MDEGateCore
+import MDEGateWire
 
 /// `auth`: OAuth2 client credentials against the simulator's token endpoint (client secret,
 /// loopback HTTP). Two questions:
@@ -27,7 +29,7 @@ struct AuthScenario: Sendable {
         settings.clientSecret = true
         let daemon = try lab.startDaemon(settings, simulator: simulator)
         let timeout = lab.environment.secondsLeft
-        let headers: [(name: String, value: String)] = [("Content-Type", "application/json")]
+        let headers: HTTPFields = [.contentType: "application/json"]
 
         // 1. Refresh cost.
         let rounds = rounds
@@ -77,7 +79,7 @@ struct AuthScenario: Sendable {
         let asyncRequests = asyncRequests
         let waiting = Task {
             await onThreads(2) { index in
-                let prefer: [(name: String, value: String)] = index == 0 ? [] : [("Prefer", "wait=5")]
+                let prefer: HTTPFields = index == 0 ? [:] : [.prefer: "wait=5"]
                 do {
                     let connection = try HTTPConnection(endpoint, timeoutSeconds: timeout)
                     let reply = try connection.send(
@@ -95,7 +97,7 @@ struct AuthScenario: Sendable {
         for index in 0..<asyncRequests {
             let reply = try connection.send(
                 "POST", "/api/machineactions/\(machineActionID(index, tag: "c0c0c0c0"))/cancel",
-                headers: headers + [("Prefer", "respond-async")], body: cancelBody)
+                headers: [.contentType: "application/json", .prefer: "respond-async"], body: cancelBody)
             guard reply.status == 202, let body = try? JSONSerialization.jsonObject(with: Data(reply.body)) as? [String: Any],
                 let id = body["id"] as? String
             else { throw BenchError("an async submission during the outage answered \(reply.status)") }

@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 
 #if canImport(Glibc)
 import Glibc
@@ -20,12 +21,8 @@ enum Endpoint: Sendable, CustomStringConvertible {
 /// One HTTP/1.1 answer, as read off the wire.
 struct HTTPReply: Sendable {
     var status: Int
-    var headers: [(name: String, value: String)]
+    var headers: HTTPFields
     var body: [UInt8]
-
-    func header(_ name: String) -> String? {
-        headers.first { $0.name.caseInsensitiveCompare(name) == .orderedSame }?.value
-    }
 }
 
 /// A blocking HTTP/1.1 keep-alive connection for one benchmark thread.
@@ -101,11 +98,11 @@ final class HTTPConnection {
 
     /// Sends one request and reads its answer. `Host`, `Content-Length` are added.
     func send(
-        _ method: String, _ path: String, headers: [(name: String, value: String)] = [], body: [UInt8] = []
+        _ method: String, _ path: String, headers: HTTPFields = [:], body: [UInt8] = []
     ) throws -> HTTPReply {
         guard !closedByPeer else { throw BenchError("\(endpoint): the server closed the connection") }
         var head = "\(method) \(path) HTTP/1.1\r\nHost: localhost\r\n"
-        for header in headers { head += "\(header.name): \(header.value)\r\n" }
+        for field in headers { head += "\(field.name.rawName): \(field.value)\r\n" }
         if !body.isEmpty || method == "POST" { head += "Content-Length: \(body.count)\r\n" }
         head += "\r\n"
         var message = Array(head.utf8)
@@ -174,24 +171,23 @@ final class HTTPConnection {
         guard statusParts.count >= 2, let status = Int(String(decoding: statusParts[1], as: UTF8.self)) else {
             throw BenchError("\(endpoint): malformed status line '\(String(decoding: lines[0], as: UTF8.self))'")
         }
-        var headers: [(name: String, value: String)] = []
+        var headers = HTTPFields()
         for line in lines.dropFirst() {
-            guard let colon = line.firstIndex(of: 58) else { continue }
-            var value = line[line.index(after: colon)...]
-            while value.first == 32 || value.first == 9 { value = value.dropFirst() }
-            while value.last == 32 || value.last == 9 { value = value.dropLast() }
-            headers.append((String(decoding: line[..<colon], as: UTF8.self), String(decoding: value, as: UTF8.self)))
+            guard let colon = line.firstIndex(of: 58), let name = HTTPField.Name(String(decoding: line[..<colon], as: UTF8.self))
+            else { continue }
+            // HTTPField trims the value's surrounding whitespace.
+            headers.append(HTTPField(name: name, value: line[line.index(after: colon)...]))
         }
         let reply = HTTPReply(status: status, headers: headers, body: [])
-        guard reply.header("Transfer-Encoding") == nil else {
+        guard reply.headers[.transferEncoding] == nil else {
             throw BenchError("\(endpoint): chunked answers are not supported by the benchmark client")
         }
-        let length = Int(reply.header("Content-Length") ?? "0") ?? 0
+        let length = Int(reply.headers[.contentLength] ?? "0") ?? 0
         while buffer.count < headEnd + length { try fill() }
         var complete = reply
         complete.body = Array(buffer[headEnd..<(headEnd + length)])
         buffer.removeFirst(headEnd + length)
-        if reply.header("Connection")?.lowercased() == "close" { closedByPeer = true }
+        if reply.headers[.connection]?.lowercased() == "close" { closedByPeer = true }
         return complete
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import MDEGateCore
 
 /// `latency`: synchronous cancels one after another on three paths, interleaved call by call,
@@ -93,8 +94,8 @@ struct LatencyScenario: Sendable {
                 var connections: [Path: HTTPConnection] = [:]
                 for path in paths { connections[path] = try HTTPConnection(connectTo[path]!, timeoutSeconds: timeout) }
                 // nginx and mdegate add the bearer token themselves: they get the same request.
-                let proxiedHeaders: [(name: String, value: String)] = [("Content-Type", "application/json")]
-                let directHeaders = proxiedHeaders + [("Authorization", "Bearer \(RunningSimulator.token)")]
+                let proxiedHeaders: HTTPFields = [.contentType: "application/json"]
+                let directHeaders: HTTPFields = [.contentType: "application/json", .authorization: "Bearer \(RunningSimulator.token)"]
                 for index in 0..<(warmup + count) where Now.monotonic() < softDeadline {
                     // Every order of the paths in turn: each path goes first, last, and after each other as often.
                     for path in orders[index % orders.count] {

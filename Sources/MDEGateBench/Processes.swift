@@ -221,7 +221,7 @@ struct RunningSimulator: Sendable {
     /// `POST` a control route (`/_sim/faults`, `/_sim/revoke-tokens`) with a JSON body.
     func control(_ path: String, _ json: String = "{}", timeoutSeconds: Double) throws {
         let reply = try HTTPConnection(endpoint, timeoutSeconds: timeoutSeconds)
-            .send("POST", path, headers: [("Content-Type", "application/json")], body: Array(json.utf8))
+            .send("POST", path, headers: [.contentType: "application/json"], body: Array(json.utf8))
         guard reply.status == 200 else { throw BenchError("POST \(path) answered \(reply.status)") }
     }
 

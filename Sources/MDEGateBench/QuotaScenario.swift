@@ -1,6 +1,8 @@
 import Dispatch
 import Foundation
+import HTTPTypes
 import MDEGateCore
+import MDEGateWire
 
 /// `burst` and `sustained`: N distinct synchronous cancels at once from an idle ledger, against a
 /// strict simulator with the same limits. Measures how close the gateway comes to the optimal
@@ -138,8 +140,8 @@ struct QuotaScenario: Sendable {
                 connected.leave()
                 go.wait()
                 if let connection {
-                    var headers: [(name: String, value: String)] = [("Content-Type", "application/json")]
-                    if clients > 1 { headers.append(("Mdegate-Client", "bench-\(index % clients)")) }
+                    var headers: HTTPFields = [.contentType: "application/json"]
+                    if clients > 1 { headers[.mdegateClient] = "bench-\(index % clients)" }
                     let request = apis[index % apis.count].request(index, tag: tag)
                     call.sentWall = Now.wall()
                     do {

@@ -1,5 +1,7 @@
 import Foundation
+import HTTPTypes
 import MDEGateTransport
+import MDEGateWire
 
 /// The command line's view of a running gateway: HTTP over its Unix socket, through the same
 /// libcurl transport the daemon uses upstream.
@@ -29,9 +31,9 @@ public struct GatewayClient: Sendable {
 
     /// Sends any request to the gateway; `path` is already percent-encoded (see `encodedSegment`).
     public func send(
-        _ method: String, _ path: String, headers: [(name: String, value: String)] = [], body: [UInt8] = []
-    ) async throws(TransportError) -> HTTPResponse {
-        try await transport.send(HTTPRequest(method: method, url: "http://localhost\(path)", headers: headers, body: body))
+        _ method: String, _ path: String, headers: HTTPFields = [:], body: [UInt8] = []
+    ) async throws(TransportError) -> TransportResponse {
+        try await transport.send(TransportRequest(method: method, url: "http://localhost\(path)", headers: headers, body: body))
     }
 
     /// Sends a call of the machine-action family (any method, path and body) with the headers a
@@ -39,16 +41,16 @@ public struct GatewayClient: Sendable {
     /// asks, and `Mdegate-Client` when the caller names itself.
     public func send(
         _ method: String, _ path: String, body: [UInt8], answer: Preference, client: String?
-    ) async throws(TransportError) -> HTTPResponse {
+    ) async throws(TransportError) -> TransportResponse {
         try await send(method, path, headers: Self.headers(body: body, answer: answer, client: client), body: body)
     }
 
     /// The headers of `send(_:_:body:answer:client:)`, in the order they are sent.
-    public static func headers(body: [UInt8], answer: Preference, client: String?) -> [(name: String, value: String)] {
-        var headers: [(name: String, value: String)] = []
-        if !body.isEmpty { headers.append(("Content-Type", "application/json")) }
-        if let prefer = answer.headerValue { headers.append(("Prefer", prefer)) }
-        if let client { headers.append(("Mdegate-Client", client)) }
+    public static func headers(body: [UInt8], answer: Preference, client: String?) -> HTTPFields {
+        var headers = HTTPFields()
+        if !body.isEmpty { headers[.contentType] = "application/json" }
+        if let prefer = answer.headerValue { headers[.prefer] = prefer }
+        if let client { headers[.mdegateClient] = client }
         return headers
     }
 

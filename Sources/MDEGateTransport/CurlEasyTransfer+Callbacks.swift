@@ -1,4 +1,5 @@
 import CCurl
+import HTTPTypes
 import Logging
 
 /// libcurl's callbacks: they run on the loop thread, inside `curl_multi_perform`.
@@ -55,14 +56,14 @@ extension CurlEasyTransfer {
         }
         if let first = bytes.first, first == UInt8(ascii: " ") || first == UInt8(ascii: "\t") {
             // An obsolete folded continuation of the previous header's value.
-            guard !responseHeaders.isEmpty else { return }
-            responseHeaders[responseHeaders.count - 1].value += " " + trimmed(bytes)
+            guard let last = responseHeaders.indices.last else { return }
+            responseHeaders[last].value += " " + trimmed(bytes)
             return
         }
-        guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")) else { return }
-        let name = String(decoding: bytes[..<colon], as: UTF8.self)
-        let value = trimmed(bytes[(colon + 1)...])
-        responseHeaders.append((name: name, value: value))
+        guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")),
+            let name = HTTPField.Name(String(decoding: bytes[..<colon], as: UTF8.self))
+        else { return }
+        responseHeaders.append(HTTPField(name: name, value: trimmed(bytes[(colon + 1)...])))
     }
 
     func receiveBody(_ chunk: UnsafeRawBufferPointer) -> Int {

@@ -1,11 +1,11 @@
 import CCurl
+import HTTPTypes
 import Logging
 
 /// Configuration: the request checked, then every libcurl option set on the easy handle.
 extension CurlEasyTransfer {
-    static func validate(_ request: HTTPRequest) throws(TransportError) {
-        let tokenBytes = request.method.utf8
-        guard !tokenBytes.isEmpty, tokenBytes.allSatisfy(isTokenCharacter) else {
+    static func validate(_ request: TransportRequest) throws(TransportError) {
+        guard HTTPTypes.HTTPRequest.Method(request.method) != nil else {
             throw TransportError(kind: .other, message: "'\(request.method)' is not an HTTP method")
         }
         if request.method == "HEAD" || request.method == "GET", !request.body.isEmpty {
@@ -14,18 +14,9 @@ extension CurlEasyTransfer {
         guard !request.url.utf8.contains(where: { $0 < 0x21 || $0 == 0x7F }) else {
             throw TransportError(kind: .other, message: "the URL contains spaces or control characters")
         }
-        for header in request.headers {
-            // A CR or LF would let a value start a header (or a request) of its own.
-            guard !header.name.isEmpty, header.name.utf8.allSatisfy(isTokenCharacter) else {
-                throw TransportError(kind: .other, message: "'\(header.name)' is not a valid header name")
-            }
-            guard !header.value.utf8.contains(where: { $0 == 0x0D || $0 == 0x0A || $0 == 0 }) else {
-                throw TransportError(kind: .other, message: "the value of header '\(header.name)' contains CR, LF or NUL")
-            }
-        }
     }
 
-    func configure(_ request: HTTPRequest) throws(TransportError) {
+    func configure(_ request: TransportRequest) throws(TransportError) {
         let context = Unmanaged.passUnretained(self).toOpaque()
 
         try set(CURLOPT_URL, request.url)
@@ -91,7 +82,7 @@ extension CurlEasyTransfer {
         }
     }
 
-    func configureMethodAndBody(_ request: HTTPRequest, context: UnsafeMutableRawPointer) throws(TransportError) {
+    func configureMethodAndBody(_ request: TransportRequest, context: UnsafeMutableRawPointer) throws(TransportError) {
         switch request.method {
         case "GET":
             try set(CURLOPT_HTTPGET, 1)
@@ -128,20 +119,18 @@ extension CurlEasyTransfer {
         }
     }
 
-    func configureRequestHeaders(_ request: HTTPRequest) throws(TransportError) {
+    func configureRequestHeaders(_ request: TransportRequest) throws(TransportError) {
         var lines: [String] = []
-        for header in request.headers {
+        for field in request.headers {
             // "Name:" would tell libcurl to remove its own header; "Name;" sends an empty value.
-            lines.append(header.value.isEmpty ? "\(header.name);" : "\(header.name): \(header.value)")
+            lines.append(field.value.isEmpty ? "\(field.name.rawName);" : "\(field.name.rawName): \(field.value)")
         }
-        let names = request.headers.map(\.name)
-        func has(_ name: String) -> Bool { names.contains { asciiCaseInsensitiveEquals($0, name) } }
         // Waiting for "100 Continue" would add a round trip to every larger request.
-        if !has("Expect") {
+        if request.headers[.expect] == nil {
             lines.append("Expect:")
         }
         // libcurl would label a POST body as a form; send only what the caller chose.
-        if !has("Content-Type") {
+        if request.headers[.contentType] == nil {
             lines.append("Content-Type:")
         }
         for line in lines {
@@ -164,14 +153,5 @@ extension CurlEasyTransfer {
 
     func check(_ step: String, _ code: CURLcode) throws(TransportError) {
         guard code == CURLE_OK else { throw TransportError(setup: step, code: code) }
-    }
-}
-
-func isTokenCharacter(_ byte: UInt8) -> Bool {
-    switch byte {
-    case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-        true
-    default:
-        "!#$%&'*+-.^_`|~".utf8.contains(byte)
     }
 }

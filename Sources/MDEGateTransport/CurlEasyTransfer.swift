@@ -1,4 +1,5 @@
 import CCurl
+import HTTPTypes
 import Logging
 import Synchronization
 
@@ -28,7 +29,7 @@ struct TransferSettings: Sendable {
 /// from libcurl's callbacks, which run inside `curl_multi_perform` on that thread. The one field
 /// other threads touch is `cancellationRequested`, an atomic.
 final class CurlEasyTransfer: @unchecked Sendable {
-    typealias Outcome = Result<HTTPResponse, TransportError>
+    typealias Outcome = Result<TransportResponse, TransportError>
 
     let easy: OpaquePointer
 
@@ -40,7 +41,7 @@ final class CurlEasyTransfer: @unchecked Sendable {
     let errorBuffer: UnsafeMutablePointer<CChar>
     let settings: TransferSettings
 
-    var responseHeaders: [(name: String, value: String)] = []
+    var responseHeaders = HTTPFields()
     var responseHeadersComplete = false
     var responseBody: [UInt8] = []
     var responseBodyTooLarge = false
@@ -53,7 +54,7 @@ final class CurlEasyTransfer: @unchecked Sendable {
     var completion: (@Sendable (Outcome) -> Void)?
     var cleanedUp = false
 
-    init(request: HTTPRequest, settings: TransferSettings) throws(TransportError) {
+    init(request: TransportRequest, settings: TransferSettings) throws(TransportError) {
         try Self.validate(request)
         guard let easy = curl_easy_init() else {
             throw TransportError(kind: .other, message: "libcurl could not create a transfer handle (out of memory?)")
@@ -110,7 +111,7 @@ final class CurlEasyTransfer: @unchecked Sendable {
                 "method": "\(method)", "url": "\(url)", "status": "\(status)",
                 "elapsed_us": "\(elapsedMicroseconds())",
             ])
-            return .success(HTTPResponse(status: status, headers: responseHeaders, body: responseBody))
+            return .success(TransportResponse(status: status, headers: responseHeaders, body: responseBody))
         }
         let error: TransportError
         if refusedResend {

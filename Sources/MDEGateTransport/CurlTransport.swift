@@ -101,7 +101,7 @@ public final class CurlTransport: Sendable {
     /// Sends one request and returns the final response, whatever its status. Throws only when
     /// there is no response: see `TransportError.Kind`. Cancelling the calling task aborts the
     /// transfer (`.cancelled`).
-    nonisolated(nonsending) public func send(_ request: HTTPRequest) async throws(TransportError) -> HTTPResponse {
+    nonisolated(nonsending) public func send(_ request: TransportRequest) async throws(TransportError) -> TransportResponse {
         let transfer = try CurlEasyTransfer(request: request, settings: settings)
         let loop = self.loop
         let outcome = await withTaskCancellationHandler {
@@ -120,7 +120,7 @@ public final class CurlTransport: Sendable {
     ///
     /// The transfer holds the transport until it is done, as the `async` form's caller does: a
     /// transport a reload replaced finishes its transfers before its thread stops.
-    public func send(_ request: HTTPRequest, completion: @escaping @Sendable (Result<HTTPResponse, TransportError>) -> Void) {
+    public func send(_ request: TransportRequest, completion: @escaping @Sendable (Result<TransportResponse, TransportError>) -> Void) {
         do {
             start(try CurlEasyTransfer(request: request, settings: settings)) { outcome in
                 withExtendedLifetime(self) { completion(outcome) }
@@ -130,7 +130,7 @@ public final class CurlTransport: Sendable {
         }
     }
 
-    private func start(_ transfer: CurlEasyTransfer, completion: @escaping @Sendable (Result<HTTPResponse, TransportError>) -> Void) {
+    private func start(_ transfer: CurlEasyTransfer, completion: @escaping @Sendable (Result<TransportResponse, TransportError>) -> Void) {
         transfer.onOutcome(completion)
         if !loop.submit(transfer) {
             transfer.finish(.failure(TransportError(kind: .cancelled, message: "the transport is shut down")))

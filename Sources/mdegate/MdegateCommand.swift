@@ -274,7 +274,7 @@ func checkSharedQuota(_ settings: GatewayConfiguration.SharedQuota) async throws
 }
 
 /// Runs one call against the gateway; a gateway that cannot be reached exits with 3.
-func withGateway(_ socketPath: String, _ body: (GatewayClient) async throws -> HTTPResponse) async throws -> HTTPResponse {
+func withGateway(_ socketPath: String, _ body: (GatewayClient) async throws -> TransportResponse) async throws -> TransportResponse {
     do {
         let client = try GatewayClient(socketPath: socketPath)
         defer { client.shutdown() }
@@ -287,7 +287,7 @@ func withGateway(_ socketPath: String, _ body: (GatewayClient) async throws -> H
 }
 
 /// Prints the answer's body; exits 1 unless it was a 2xx.
-func printAnswer(_ response: HTTPResponse) throws {
+func printAnswer(_ response: TransportResponse) throws {
     var text = String(decoding: response.body, as: UTF8.self)
     if !text.hasSuffix("\n") { text += "\n" }
     FileHandle.standardOutput.write(Data(text.utf8))

@@ -1,5 +1,7 @@
 import Foundation
+import HTTPTypes
 import MDEGateTransport
+import MDEGateWire
 import Testing
 
 /// The machine-action family end to end: the real daemon, its socket, libcurl and the simulator
@@ -24,9 +26,9 @@ struct ActionFamilyTests {
     /// `POST /api/machines/{machine}/{action}` through the gateway.
     static func post(
         _ client: GatewayClient, _ machine: String, _ action: String, _ body: JSON, prefer: String? = nil
-    ) async throws -> HTTPResponse {
-        var headers: [(name: String, value: String)] = [("Content-Type", "application/json")]
-        if let prefer { headers.append(("Prefer", prefer)) }
+    ) async throws -> TransportResponse {
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if let prefer { headers[.prefer] = prefer }
         return try await client.http.send("POST", "/api/machines/\(machine)/\(action)", headers: headers, body: body.bytes)
     }
 
@@ -134,7 +136,7 @@ struct ActionFamilyTests {
         ) { rig in
             var requests: [String] = []
             for index in 0..<24 {
-                let accepted: HTTPResponse
+                let accepted: TransportResponse
                 switch index % 3 {
                 case 0: accepted = try await rig.client.cancel(machineActionID(), prefer: "respond-async")
                 case 1:

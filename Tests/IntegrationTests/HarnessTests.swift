@@ -13,7 +13,7 @@ struct HarnessTests {
                 let id = machineActionID()
                 let answer = try await simulator.client.post(
                     GatewayClient.cancelPath(id), json: ["Comment": "harness"],
-                    headers: [("Authorization", "Bearer \(simulator.token)")])
+                    headers: [.authorization: "Bearer \(simulator.token)"])
                 #expect(answer.status == 200, "\(answer.summary)")
                 #expect(try answer.json()["id"]?.string == id)
 
@@ -26,7 +26,7 @@ struct HarnessTests {
                 // A second call within the minute is over the limit: answered 429, counted.
                 let over = try await simulator.client.post(
                     GatewayClient.cancelPath(machineActionID()), json: ["Comment": "over"],
-                    headers: [("Authorization", "Bearer \(simulator.token)")])
+                    headers: [.authorization: "Bearer \(simulator.token)"])
                 #expect(over.status == 429, "\(over.summary)")
                 let after = try await simulator.stats()
                 #expect(after.violations == 1, "\(after)")
@@ -47,13 +47,13 @@ struct HarnessTests {
                 try await simulator.setFaults(["next429": ["count": 1, "retryAfter": 2]])
                 let throttled = try await simulator.client.post(
                     GatewayClient.cancelPath(machineActionID()), json: ["Comment": "harness"],
-                    headers: [("Authorization", "Bearer \(simulator.token)")])
+                    headers: [.authorization: "Bearer \(simulator.token)"])
                 #expect(throttled.status == 429)
                 #expect(throttled.header("Retry-After") == "2")
 
                 let refused = try await simulator.client.post(
                     GatewayClient.cancelPath(machineActionID()), json: ["Comment": "harness"],
-                    headers: [("Authorization", "Bearer wrong")])
+                    headers: [.authorization: "Bearer wrong"])
                 #expect(refused.status == 401)
             } catch {
                 await simulator.stop()

@@ -215,7 +215,7 @@ struct LocalAPITests {
     @Test("an Authorization header from a client is ignored: the gateway sends its own token")
     func clientAuthorizationIgnored() async throws {
         try await withRig { rig in
-            let answer = try await rig.client.cancel(machineActionID(), headers: [("Authorization", "Bearer wrong")])
+            let answer = try await rig.client.cancel(machineActionID(), headers: [.authorization: "Bearer wrong"])
             #expect(answer.status == 200, "a forwarded wrong token would have earned 401: \(answer.summary)")
             let stats = try await rig.simulator.stats()
             #expect(stats.answered(401) == 0)

@@ -82,7 +82,7 @@ struct MetricsTests {
             #expect(try await network.get("/healthz").status == 200)
             #expect(try await network.get("/v1/status").status == 404, "status is for the socket's users")
             let cancelOverTCP = try await network.send(
-                "POST", GatewayClient.cancelPath(machineActionID()), headers: [("Content-Type", "application/json")],
+                "POST", GatewayClient.cancelPath(machineActionID()), headers: [.contentType: "application/json"],
                 body: Array(#"{"Comment":"x"}"#.utf8))
             #expect(cancelOverTCP.status == 404, "the quota is never open to the network")
             #expect(try await network.send("POST", "/metrics").status == 405)

@@ -15,11 +15,11 @@ struct SchedulingTests {
             alone: true
         ) { rig in
             let ids = (0..<36).map { _ in machineActionID() }
-            let answers = try await withThrowingTaskGroup(of: (String, HTTPResponse).self) { group in
+            let answers = try await withThrowingTaskGroup(of: (String, TransportResponse).self) { group in
                 for id in ids {
                     group.addTask { (id, try await rig.withSeparateClient { try await $0.cancel(id, client: "burst") }) }
                 }
-                var answers: [String: HTTPResponse] = [:]
+                var answers: [String: TransportResponse] = [:]
                 for try await (id, answer) in group { answers[id] = answer }
                 return answers
             }
@@ -46,7 +46,7 @@ struct SchedulingTests {
             gateway: options,
             alone: true
         ) { rig in
-            let answers = try await withThrowingTaskGroup(of: HTTPResponse.self) { group in
+            let answers = try await withThrowingTaskGroup(of: TransportResponse.self) { group in
                 for _ in 0..<12 {
                     group.addTask { try await rig.withSeparateClient { try await $0.cancel(machineActionID()) } }
                 }
@@ -74,7 +74,7 @@ struct SchedulingTests {
                 flood.append(try #require(try accepted.json()["id"]?.string))
             }
 
-            let small = try await withThrowingTaskGroup(of: HTTPResponse.self) { group in
+            let small = try await withThrowingTaskGroup(of: TransportResponse.self) { group in
                 for _ in 0..<3 {
                     group.addTask {
                         try await rig.withSeparateClient { try await $0.cancel(machineActionID(), client: "small") }
@@ -153,7 +153,7 @@ struct SchedulingTests {
     @Test("calls for different machine actions go upstream at the same time, not one after another")
     func concurrentUpstreamCalls() async throws {
         try await withRig(simulator: ["--delay", "1s"]) { rig in
-            let answers = try await withThrowingTaskGroup(of: HTTPResponse.self) { group in
+            let answers = try await withThrowingTaskGroup(of: TransportResponse.self) { group in
                 for _ in 0..<4 {
                     group.addTask {
                         try await rig.withSeparateClient { try await $0.cancel(machineActionID()) }
@@ -177,7 +177,7 @@ struct SchedulingTests {
         // The first request is sent at once and held upstream, so the queue's content does not
         // change while the test fills it (whether a request being sent counts is the gateway's call).
         try await withRig(simulator: ["--delay", "3s"], gateway: options) { rig in
-            var answers: [HTTPResponse] = []
+            var answers: [TransportResponse] = []
             for _ in 0..<5 {
                 answers.append(try await rig.client.cancel(machineActionID(), prefer: "respond-async"))
             }

@@ -54,7 +54,7 @@ struct SharedQuotaGatewayTests {
     @Test("three hosts under 5/1s + 12/4s: a burst of 36 over their sockets is all done, 0 violations, no window over N")
     func burstOverThreeHosts() async throws {
         try await withSharedRig(simulator: Self.strict) { rig in
-            let answers = try await withThrowingTaskGroup(of: HTTPResponse.self) { group in
+            let answers = try await withThrowingTaskGroup(of: TransportResponse.self) { group in
                 for index in 0..<36 {
                     let socket = rig.gateway(index % 3).socketPath
                     group.addTask {

@@ -136,7 +136,7 @@ struct SimulatorActionTests {
             // A wrong method names no API's call: 405, not counted.
             let wrongMethod = try await simulator.call(method: "GET", path: "/api/machines/\(machine)/isolate")
             #expect(wrongMethod.status == 405, "\(wrongMethod.summary)")
-            #expect(wrongMethod.headers.first { $0.name.lowercased() == "allow" }?.value == "POST", "\(wrongMethod.headers)")
+            #expect(wrongMethod.header("allow") == "POST", "\(wrongMethod.headers)")
 
             let stats = try await simulator.stats()
             #expect(stats.api("isolate").arrivals == 6, "4 refused + 1 not found + 1 created: \(stats.api("isolate"))")
@@ -160,8 +160,8 @@ struct SimulatorActionTests {
             let second = try await simulator.isolate(simulatorMachineID())
             #expect(second.status == 429, "isolate=1/1m: \(second.summary)")
             #expect(second.errorCode == "TooManyRequests")
-            #expect(second.headers.first { $0.name.lowercased() == "retry-after" }?.value == "1", "\(second.headers)")
-            #expect(second.headers.first { $0.name.lowercased() == "x-sim-violated-limit" }?.value == "1/1m", "\(second.headers)")
+            #expect(second.header("retry-after") == "1", "\(second.headers)")
+            #expect(second.header("x-sim-violated-limit") == "1/1m", "\(second.headers)")
 
             for index in 0..<3 {
                 let cancel = try await simulator.cancel(machineActionID())
@@ -169,7 +169,7 @@ struct SimulatorActionTests {
             }
             let fourth = try await simulator.cancel(machineActionID())
             #expect(fourth.status == 429, "\(fourth.summary)")
-            #expect(fourth.headers.first { $0.name.lowercased() == "x-sim-violated-limit" }?.value == "3/1m", "\(fourth.headers)")
+            #expect(fourth.header("x-sim-violated-limit") == "3/1m", "\(fourth.headers)")
 
             // Unauthenticated arrivals spend the quota too.
             for _ in 0..<3 {
@@ -288,7 +288,7 @@ struct SimulatorActionTests {
             #expect(scan.status == 201, "another type: \(scan.summary)")
 
             let otherSha1 = String(Self.sha1.reversed())
-            let quarantine: (String) async throws -> HTTPResponse = { sha1 in
+            let quarantine: (String) async throws -> TransportResponse = { sha1 in
                 try await simulator.machineAction("StopAndQuarantineFile", machine: machine, body: ["Comment": "c", "Sha1": .string(sha1)])
             }
             #expect(try await quarantine(Self.sha1).status == 201)
@@ -440,7 +440,7 @@ struct SimulatorActionTests {
             #expect(cancel.status == 200, "cancel is not in apis: \(cancel.summary)")
             let throttled = try await simulator.isolate(machine)
             #expect(throttled.status == 429, "\(throttled.summary)")
-            #expect(throttled.headers.first { $0.name.lowercased() == "retry-after" }?.value == "7", "\(throttled.headers)")
+            #expect(throttled.header("retry-after") == "7", "\(throttled.headers)")
             let created = try await simulator.isolate(machine)
             #expect(created.status == 201, "one 429 only: \(created.summary)")
             let id = try #require(try created.json()["id"]?.string)

@@ -20,7 +20,7 @@ struct ValidationTests {
 
     /// mdegate's own error shape: `{"error":{"code","message","target"}}` with a fresh id as target.
     private func expectError(
-        _ answer: HTTPResponse, status: Int, code: String, _ what: String,
+        _ answer: TransportResponse, status: Int, code: String, _ what: String,
         sourceLocation: SourceLocation = #_sourceLocation
     ) {
         #expect(answer.status == status, "\(what): \(answer.summary)", sourceLocation: sourceLocation)
@@ -58,7 +58,7 @@ struct ValidationTests {
                 "/api/machineactions/..%2F..%2Fmachines%2Fx/cancel",
             ] {
                 let answer = try await rig.client.http.send(
-                    "POST", path, headers: [("Content-Type", "application/json")], body: JSON.object(["Comment": "x"]).bytes)
+                    "POST", path, headers: [.contentType: "application/json"], body: JSON.object(["Comment": "x"]).bytes)
                 #expect((400..<500).contains(answer.status), "\(path): \(answer.summary)")
             }
             // The same, sent byte for byte, so the gateway itself has to deal with the dot segments.

@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import Logging
 import MDEGateConfig
 import MDEGateCore
@@ -20,7 +21,7 @@ struct ActionRouteTests {
         _ method: String, _ uri: String, body: String? = nil, prefer: String? = nil
     ) -> LocalRequest {
         LocalRequest(
-            method: method, uri: uri, headers: prefer.map { [("Prefer", $0)] } ?? [],
+            method: method, uri: uri, headers: prefer.map { [.prefer: $0] } ?? [:],
             body: Array((body ?? "").utf8), bodyTooLarge: false, peer: PeerCredentials(pid: 42, uid: 1000, gid: 1000))
     }
 
@@ -33,7 +34,7 @@ struct ActionRouteTests {
         upstream.answer { call in
             let status = call.method == "POST" && call.path.hasPrefix("/api/machines/") ? 201 : 200
             return .success(
-                HTTPResponse(status: status, headers: [("Content-Type", "application/json")], body: Array(#"{"id":"x"}"#.utf8)))
+                TransportResponse(status: status, headers: [.contentType: "application/json"], body: Array(#"{"id":"x"}"#.utf8)))
         }
         let gateway = scriptedGateway(.testing(limits), store: store, upstream: upstream)
         try await gateway.start()
@@ -68,7 +69,7 @@ struct ActionRouteTests {
         let (_, api, upstream) = try await Self.gateway()
         let answer = await api.handle(Self.request(method, uri, body: body))
         #expect(answer.status == status)
-        #expect(answer.headers.contains { $0.name == "Mdegate-Request-Id" })
+        #expect(answer.headers[.mdegateRequestID] != nil)
         let call = try #require(upstream.arrivals.first)
         #expect(upstream.arrivals.count == 1)
         #expect(call.method == method)
@@ -119,7 +120,7 @@ struct ActionRouteTests {
         async let second = api.handle(isolate)
         let answers = await [first, second]
         #expect(answers.map(\.status) == [201, 201])
-        #expect(answers.filter { $0.headers.contains { $0.name == "Mdegate-Coalesced" && $0.value == "true" } }.count == 1)
+        #expect(answers.filter { $0.headers[.mdegateCoalesced] == "true" }.count == 1)
         #expect(answers[0].body == answers[1].body)
         #expect(upstream.arrivals.count == 1)
     }
@@ -129,10 +130,10 @@ struct ActionRouteTests {
         let (_, api, upstream) = try await Self.gateway()
         let get = await api.handle(Self.request("GET", "/api/machines/\(Self.machine)/isolate"))
         #expect(get.status == 405)
-        #expect(get.headers.first { $0.name == "Allow" }?.value == "POST")
+        #expect(get.headers[.allow] == "POST")
         let delete = await api.handle(Self.request("DELETE", "/api/machineactions/\(actionID(1))"))
         #expect(delete.status == 405)
-        #expect(delete.headers.first { $0.name == "Allow" }?.value == "GET")
+        #expect(delete.headers[.allow] == "GET")
         let unknown = await api.handle(Self.request("POST", "/api/machines/\(Self.machine)/offboard", body: #"{"Comment":"c"}"#))
         #expect(unknown.status == 404)
         #expect(upstream.arrivals.isEmpty)
@@ -182,9 +183,9 @@ struct ActionRouteTests {
         let (gateway, api, upstream) = try await Self.gateway(store: store)
         upstream.answer { call in
             if call.path.hasSuffix("/isolate") {
-                return .success(HTTPResponse(status: 429, headers: [("Retry-After", "3600")], body: []))
+                return .success(TransportResponse(status: 429, headers: [.retryAfter: "3600"], body: []))
             }
-            return .success(HTTPResponse(status: 200, headers: [], body: []))
+            return .success(TransportResponse(status: 200, headers: [:], body: []))
         }
         let isolate = await api.handle(
             Self.request(
@@ -257,7 +258,7 @@ struct ActionRouteTests {
                 "POST", "/api/machines/\(Self.machine)/runAntiVirusScan", body: #"{"Comment":"scan it","ScanType":"full"}"#,
                 prefer: "respond-async"))
         #expect(accepted.status == 202)
-        let id = try #require(accepted.headers.first { $0.name == "Mdegate-Request-Id" }?.value)
+        let id = try #require(accepted.headers[.mdegateRequestID])
         try await gateway.drain().get()
         try await store.close()
         #expect(upstream.arrivals.isEmpty)

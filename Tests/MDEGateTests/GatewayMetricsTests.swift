@@ -41,7 +41,7 @@ struct GatewayMetricsTests {
                 count += 1
                 return count == 1
             }
-            return .success(HTTPResponse(status: first ? 503 : 200, headers: [], body: []))
+            return .success(TransportResponse(status: first ? 503 : 200, headers: [:], body: []))
         }
         let gateway = scriptedGateway(
             .testing([Limit(calls: 10, window: .seconds(60))]), store: ControlledStore(), upstream: upstream)

@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import Logging
 import MDEGateCore
 import MDEGateTransport
@@ -236,28 +237,28 @@ struct GatewayTests {
         func post(_ id: String, prefer: String? = nil) -> LocalRequest {
             LocalRequest(
                 method: "POST", uri: "/api/machineactions/\(id)/cancel",
-                headers: prefer.map { [("Prefer", $0)] } ?? [], body: Array(#"{"Comment":"c"}"#.utf8),
+                headers: prefer.map { [.prefer: $0] } ?? [:], body: Array(#"{"Comment":"c"}"#.utf8),
                 bodyTooLarge: false, peer: PeerCredentials(pid: 42, uid: 1000, gid: 1000))
         }
         let accepted = await api.handle(post(actionID(1), prefer: "respond-async"))
         #expect(accepted.status == 202)
-        let id = try #require(accepted.headers.first { $0.name == "Mdegate-Request-Id" }?.value)
+        let id = try #require(accepted.headers[.mdegateRequestID])
 
         store.setFailing(true)
         let refused = await api.handle(post(actionID(2), prefer: "respond-async"))
         #expect(refused.status == 503)
         #expect(String(decoding: refused.body, as: UTF8.self).contains(#""code":"StoreUnavailable""#))
-        #expect(refused.headers.contains { $0.name == "Retry-After" })
+        #expect(refused.headers[.retryAfter] != nil)
         let synchronous = await api.handle(post(actionID(3)))
         #expect(synchronous.status == 503, "a synchronous caller hears it too, at once")
 
         let withdrawal = await api.handle(
             LocalRequest(
-                method: "DELETE", uri: "/v1/requests/\(id)", headers: [], body: [], bodyTooLarge: false,
+                method: "DELETE", uri: "/v1/requests/\(id)", headers: [:], body: [], bodyTooLarge: false,
                 peer: PeerCredentials(pid: 42, uid: 1000, gid: 1000)))
         #expect(withdrawal.status == 503)
         #expect(String(decoding: withdrawal.body, as: UTF8.self).contains(#""code":"StoreUnavailable""#))
-        #expect(withdrawal.headers.contains { $0.name == "Retry-After" })
+        #expect(withdrawal.headers[.retryAfter] != nil)
         #expect(upstream.arrivals.isEmpty)
 
         // A gateway whose store keeps failing writes again every second for as long as the

@@ -102,7 +102,7 @@ extension Gateway {
 
     /// An attempt's answer (or failure), `took` after it left.
     func finish(
-        _ dispatch: Scheduler.Dispatch, token: String, result: Result<HTTPResponse, TransportError>, took: Duration
+        _ dispatch: Scheduler.Dispatch, token: String, result: Result<TransportResponse, TransportError>, took: Duration
     ) {
         defer { commitDrains(inFlightOrNot: false) }
         guard scheduler.job(id: dispatch.job)?.state == .sending else {

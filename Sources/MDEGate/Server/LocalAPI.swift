@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import Logging
 import MDEGateConfig
 import MDEGateCore
@@ -9,19 +10,15 @@ import NIOCore
 public struct LocalRequest: Sendable {
     public var method: String
     public var uri: String
-    public var headers: [(name: String, value: String)]
+    public var headers: HTTPFields
     public var body: [UInt8]
     /// The body went past `LocalAPI.maxBodyBytes`; what was read is dropped.
     public var bodyTooLarge: Bool
     public var peer: PeerCredentials
-
-    public func header(_ name: String) -> String? {
-        headers.first { asciiCaseInsensitiveEqual($0.name, name) }?.value
-    }
 }
 
-/// Header names are ASCII tokens (RFC 9110): compared byte by byte, without Foundation's
-/// Unicode-aware comparison, which cost more than the rest of the header handling.
+/// Route segments and enumerated values are ASCII words: compared byte by byte, without
+/// Foundation's Unicode-aware comparison, which costs more than the rest of the validation.
 func asciiCaseInsensitiveEqual(_ a: some StringProtocol, _ b: some StringProtocol) -> Bool {
     a.utf8.count == b.utf8.count && zip(a.utf8, b.utf8).allSatisfy { x, y in
         x == y || (x | 0x20 == y | 0x20 && (x | 0x20) >= UInt8(ascii: "a") && (x | 0x20) <= UInt8(ascii: "z"))
@@ -31,11 +28,13 @@ func asciiCaseInsensitiveEqual(_ a: some StringProtocol, _ b: some StringProtoco
 /// The answer to a `LocalRequest`.
 public struct LocalResponse: Sendable {
     public var status: Int
-    public var headers: [(name: String, value: String)]
+    public var headers: HTTPFields
     public var body: [UInt8]
 
-    static func json(_ status: Int, _ value: some Encodable, headers: [(name: String, value: String)] = []) -> LocalResponse {
-        LocalResponse(status: status, headers: [("Content-Type", "application/json; charset=utf-8")] + headers, body: JSON.encode(value))
+    static func json(_ status: Int, _ value: some Encodable, headers: HTTPFields = [:]) -> LocalResponse {
+        var all: HTTPFields = [.contentType: "application/json; charset=utf-8"]
+        all.append(contentsOf: headers)
+        return LocalResponse(status: status, headers: all, body: JSON.encode(value))
     }
 }
 
@@ -137,11 +136,11 @@ public struct LocalAPI: Sendable {
         case .failure(let problem): return loop.makeSucceededFuture(reject(400, problem.code, problem.message))
         }
         let clientName: String?
-        switch parseClientName(request.header("Mdegate-Client")) {
+        switch parseClientName(request.headers[.mdegateClient]) {
         case .success(let value): clientName = value
         case .failure(let problem): return loop.makeSucceededFuture(reject(400, "InvalidRequestBody", problem.message))
         }
-        let prefer = Preference(request.header("Prefer"))
+        let prefer = Preference(request.headers[.prefer])
         let client = RequestRecord.Client(uid: request.peer.uid, pid: request.peer.pid, name: clientName)
         let waiting: Gateway.Waiting = prefer.respondAsync ? .untilStored : .untilFinal(timeout: prefer.wait)
         return gateway.submit(call, client: client, waiting: waiting)
@@ -155,7 +154,7 @@ public struct LocalAPI: Sendable {
                 "no request \(id) (finished requests are kept for state.retention, \(gateway.settings.retention.configString))",
                 target: id)
         }
-        return .json(200, document, headers: [("Mdegate-Request-Id", id)])
+        return .json(200, document, headers: [.mdegateRequestID: id])
     }
 
     /// The audit listing: read from the store beside its writer, never on the loop, so a page
@@ -181,7 +180,7 @@ public struct LocalAPI: Sendable {
                 logger.error("could not read the audit listing", metadata: ["error": "\(error)"])
                 return .json(
                     503, ErrorDocument(code: "StoreUnavailable", message: "the listing could not be read: \(error)", target: ""),
-                    headers: [("Retry-After", "5")])
+                    headers: [.retryAfter: "5"])
             }
         }
         return promise.futureResult
@@ -190,7 +189,7 @@ public struct LocalAPI: Sendable {
     private func withdraw(_ id: String, _ gateway: isolated Gateway) -> EventLoopFuture<LocalResponse> {
         gateway.withdraw(id).map { withdrawal -> LocalResponse in
             switch withdrawal {
-            case .withdrawn(let document): return .json(200, document, headers: [("Mdegate-Request-Id", id)])
+            case .withdrawn(let document): return .json(200, document, headers: [.mdegateRequestID: id])
             case .alreadySent(let document):
                 return .json(
                     409,
@@ -198,21 +197,21 @@ public struct LocalAPI: Sendable {
                         code: "Conflict",
                         message: "request \(id) was already sent upstream (state \(document.state.rawValue)); it can no longer be withdrawn",
                         target: id),
-                    headers: [("Mdegate-Request-Id", id)])
+                    headers: [.mdegateRequestID: id])
             case .notFound:
                 return self.reject(404, "NotFound", "no request \(id)", target: id)
             }
         }.recover { error in
             self.reject(
                 503, "StoreUnavailable", "the withdrawal could not be stored (it is written again shortly): \(error)",
-                target: id, headers: [("Retry-After", "5")])
+                target: id, headers: [.retryAfter: "5"])
         }
     }
 
     /// `GET /metrics`: Prometheus's text format (also served on `metrics.address`).
     static func metrics(_ gateway: isolated Gateway) -> LocalResponse {
         LocalResponse(
-            status: 200, headers: [("Content-Type", GatewayMetrics.contentType)], body: gateway.metricsExposition())
+            status: 200, headers: [.contentType: GatewayMetrics.contentType], body: gateway.metricsExposition())
     }
 
     // MARK: Answers
@@ -221,16 +220,16 @@ public struct LocalAPI: Sendable {
         switch answer {
         case .accepted(let document):
             let id = document.id
-            return .json(202, document, headers: [("Location", "/v1/requests/\(id)"), ("Mdegate-Request-Id", id)])
+            return .json(202, document, headers: [.location: "/v1/requests/\(id)", .mdegateRequestID: id])
         case .final(let record): return final(record)
         case .queueFull:
             return reject(
                 503, "QueueFull", "the queue holds queue.max_pending requests already; try again later",
-                headers: [("Retry-After", "60")])
+                headers: [.retryAfter: "60"])
         case .storeUnavailable(let problem):
             return reject(
                 503, "StoreUnavailable", "the request could not be stored, so it was not accepted: \(problem)",
-                headers: [("Retry-After", "5")])
+                headers: [.retryAfter: "5"])
         case .notFound:
             return reject(500, "InternalError", "the request disappeared before it was answered")
         }
@@ -238,10 +237,10 @@ public struct LocalAPI: Sendable {
 
     /// The upstream's answer as it came; 502 when the last attempt got none.
     private func final(_ record: RequestRecord) -> LocalResponse {
-        var headers: [(name: String, value: String)] = [("Mdegate-Request-Id", record.id)]
-        if record.joined != nil { headers.append(("Mdegate-Coalesced", "true")) }
+        var headers: HTTPFields = [.mdegateRequestID: record.id]
+        if record.joined != nil { headers[.mdegateCoalesced] = "true" }
         if let response = record.response {
-            headers.append(("Content-Type", response.contentType ?? "application/json; charset=utf-8"))
+            headers[.contentType] = response.contentType ?? "application/json; charset=utf-8"
             return LocalResponse(status: response.status, headers: headers, body: response.body)
         }
         if record.state == .withdrawn {
@@ -262,7 +261,7 @@ public struct LocalAPI: Sendable {
     /// the log line carries too, so an operator can find it from what the tool printed.
     private func reject(
         _ status: Int, _ code: String, _ message: String, target: String? = nil,
-        headers: [(name: String, value: String)] = []
+        headers: HTTPFields = [:]
     ) -> LocalResponse {
         if target == nil { gateway.metrics.rejected(code: code) }
         let target = target ?? UUID().uuidString.lowercased()
@@ -272,6 +271,6 @@ public struct LocalAPI: Sendable {
     }
 
     private func methodNotAllowed(allow: String) -> LocalResponse {
-        reject(405, "MethodNotAllowed", "this route accepts \(allow)", headers: [("Allow", allow)])
+        reject(405, "MethodNotAllowed", "this route accepts \(allow)", headers: [.allow: allow])
     }
 }

@@ -1,6 +1,8 @@
+import HTTPTypes
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOHTTPTypesHTTP1
 import Synchronization
 
 /// One connection's requests, each handed to `LocalAPI` in the turn its last byte was read, and
@@ -50,7 +52,7 @@ final class LocalAPIHandler: ChannelInboundHandler, RemovableChannelHandler {
             head = nil
             let request = LocalRequest(
                 method: requestHead.method.rawValue, uri: requestHead.uri,
-                headers: requestHead.headers.map { ($0.name, $0.value) },
+                headers: HTTPFields(requestHead.headers, splitCookie: false),
                 body: body, bodyTooLarge: tooLarge, peer: peer)
             respond(request).assumeIsolated().whenSuccess { response in
                 self.write(response, to: requestHead, context: context)
@@ -61,7 +63,7 @@ final class LocalAPIHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func write(_ response: LocalResponse, to request: HTTPRequestHead, context: ChannelHandlerContext) {
         // The client may have gone while its request waited (a synchronous cancel).
         guard context.channel.isActive else { return }
-        var headers = HTTPHeaders(response.headers.map { ($0.name, $0.value) })
+        var headers = HTTPHeaders(response.headers)
         headers.replaceOrAdd(name: "Content-Length", value: String(response.body.count))
         let keepAlive = request.isKeepAlive
         if !keepAlive { headers.replaceOrAdd(name: "Connection", value: "close") }

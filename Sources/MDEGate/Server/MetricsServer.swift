@@ -1,3 +1,4 @@
+import HTTPTypes
 import Logging
 import MDEGateConfig
 import NIOCore
@@ -67,7 +68,7 @@ public struct MetricsServer: Service {
         switch path {
         case "/metrics", "/healthz":
             if request.method != "GET" {
-                response = .plain(405, "only GET is served here\n", headers: [("Allow", "GET")])
+                response = .plain(405, "only GET is served here\n", headers: [.allow: "GET"])
             } else if path == "/metrics" {
                 response = LocalAPI.metrics(gateway)
             } else {
@@ -86,8 +87,8 @@ extension PeerCredentials {
 }
 
 extension LocalResponse {
-    static func plain(_ status: Int, _ text: String, headers: [(name: String, value: String)] = []) -> LocalResponse {
+    static func plain(_ status: Int, _ text: String, headers: HTTPFields = [:]) -> LocalResponse {
         LocalResponse(
-            status: status, headers: [("Content-Type", "text/plain; charset=utf-8")] + headers, body: Array(text.utf8))
+            status: status, headers: [.contentType: "text/plain; charset=utf-8"] + headers, body: Array(text.utf8))
     }
 }

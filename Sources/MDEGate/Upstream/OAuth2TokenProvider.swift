@@ -187,14 +187,11 @@ public final class OAuth2TokenProvider: TokenSource {
             form.append(("client_assertion_type", ClientAssertionSigner.assertionType))
             form.append(("client_assertion", assertion))
         }
-        let request = HTTPRequest(
+        let request = TransportRequest(
             method: "POST", url: tokenURL,
-            headers: [
-                ("Content-Type", "application/x-www-form-urlencoded"), ("Accept", "application/json"),
-                ("User-Agent", "mdegate"),
-            ],
+            headers: [.contentType: "application/x-www-form-urlencoded", .accept: "application/json", .userAgent: "mdegate"],
             body: Array(Self.formEncoded(form).utf8))
-        let response: HTTPResponse
+        let response: TransportResponse
         do {
             response = try await transport.send(request)
         } catch {

@@ -31,7 +31,7 @@ public protocol Upstream: Sendable {
     var baseURL: String { get }
     /// Sends `call` once with `token`, and calls `completion` exactly once with the answer or
     /// why there is none, on any thread.
-    func send(_ call: UpstreamCall, token: String, completion: @escaping @Sendable (Result<HTTPResponse, TransportError>) -> Void)
+    func send(_ call: UpstreamCall, token: String, completion: @escaping @Sendable (Result<TransportResponse, TransportError>) -> Void)
 }
 
 /// The MDE API (or the simulator) through libcurl: the URL shape and the headers; the transport
@@ -45,15 +45,13 @@ public struct CurlUpstream: Upstream {
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
     }
 
-    public func send(_ call: UpstreamCall, token: String, completion: @escaping @Sendable (Result<HTTPResponse, TransportError>) -> Void) {
-        let request = HTTPRequest(
+    public func send(_ call: UpstreamCall, token: String, completion: @escaping @Sendable (Result<TransportResponse, TransportError>) -> Void) {
+        let request = TransportRequest(
             method: call.method,
             url: baseURL + call.path,
             headers: [
-                ("Authorization", "Bearer \(token)"),
-                ("Content-Type", "application/json"),
-                ("Accept", "application/json"),
-                ("User-Agent", "mdegate"),
+                .authorization: "Bearer \(token)", .contentType: "application/json", .accept: "application/json",
+                .userAgent: "mdegate",
             ],
             body: call.body)
         transport.send(request, completion: completion)

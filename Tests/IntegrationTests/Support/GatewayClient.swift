@@ -1,5 +1,7 @@
 import Foundation
+import HTTPTypes
 import MDEGateTransport
+import MDEGateWire
 
 /// A tool talking to the gateway over its Unix socket, as every real client does.
 final class GatewayClient: Sendable {
@@ -22,8 +24,8 @@ final class GatewayClient: Sendable {
         comment: String = "cancelled by the integration tests",
         client: String? = nil,
         prefer: String? = nil,
-        headers: [(name: String, value: String)] = []
-    ) async throws -> HTTPResponse {
+        headers: HTTPFields = [:]
+    ) async throws -> TransportResponse {
         try await cancel(id, body: JSON.object(["Comment": .string(comment)]).bytes, client: client, prefer: prefer, headers: headers)
     }
 
@@ -33,12 +35,13 @@ final class GatewayClient: Sendable {
         body: [UInt8],
         client: String? = nil,
         prefer: String? = nil,
-        headers: [(name: String, value: String)] = []
-    ) async throws -> HTTPResponse {
-        var all: [(name: String, value: String)] = [("Content-Type", "application/json")]
-        if let client { all.append(("Mdegate-Client", client)) }
-        if let prefer { all.append(("Prefer", prefer)) }
-        return try await http.send("POST", Self.cancelPath(id), headers: all + headers, body: body)
+        headers: HTTPFields = [:]
+    ) async throws -> TransportResponse {
+        var all: HTTPFields = [.contentType: "application/json"]
+        if let client { all[.mdegateClient] = client }
+        if let prefer { all[.prefer] = prefer }
+        all.append(contentsOf: headers)
+        return try await http.send("POST", Self.cancelPath(id), headers: all, body: body)
     }
 
     /// `GET /v1/requests/{rid}`, which must answer 200 with the record.
@@ -76,6 +79,6 @@ final class GatewayClient: Sendable {
 }
 
 /// The request id of an answer: the `Mdegate-Request-Id` header.
-extension HTTPResponse {
+extension TransportResponse {
     var requestID: String? { header("Mdegate-Request-Id") }
 }

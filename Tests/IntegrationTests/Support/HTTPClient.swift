@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import MDEGateTransport
 
 /// Talks HTTP to one test process, through the project's own libcurl transport: over TCP (HTTP or
@@ -33,25 +34,27 @@ final class HTTPClient: Sendable {
     func send(
         _ method: String,
         _ path: String,
-        headers: [(name: String, value: String)] = [],
+        headers: HTTPFields = [:],
         body: [UInt8] = []
-    ) async throws -> HTTPResponse {
-        try await transport.send(HTTPRequest(method: method, url: baseURL + path, headers: headers, body: body))
+    ) async throws -> TransportResponse {
+        try await transport.send(TransportRequest(method: method, url: baseURL + path, headers: headers, body: body))
     }
 
-    func get(_ path: String, headers: [(name: String, value: String)] = []) async throws -> HTTPResponse {
+    func get(_ path: String, headers: HTTPFields = [:]) async throws -> TransportResponse {
         try await send("GET", path, headers: headers)
     }
 
-    func post(_ path: String, json: JSON, headers: [(name: String, value: String)] = []) async throws -> HTTPResponse {
-        try await send("POST", path, headers: [("Content-Type", "application/json")] + headers, body: json.bytes)
+    func post(_ path: String, json: JSON, headers: HTTPFields = [:]) async throws -> TransportResponse {
+        var all: HTTPFields = [.contentType: "application/json"]
+        all.append(contentsOf: headers)
+        return try await send("POST", path, headers: all, body: json.bytes)
     }
 
     /// An `application/x-www-form-urlencoded` POST, as token requests are sent.
-    func postForm(_ path: String, fields: [(name: String, value: String)]) async throws -> HTTPResponse {
+    func postForm(_ path: String, fields: [(name: String, value: String)]) async throws -> TransportResponse {
         let body = fields.map { "\(Self.formEncoded($0.name))=\(Self.formEncoded($0.value))" }.joined(separator: "&")
         return try await send(
-            "POST", path, headers: [("Content-Type", "application/x-www-form-urlencoded")], body: Array(body.utf8))
+            "POST", path, headers: [.contentType: "application/x-www-form-urlencoded"], body: Array(body.utf8))
     }
 
     func shutdown() {
@@ -65,7 +68,7 @@ final class HTTPClient: Sendable {
     }
 }
 
-extension HTTPResponse {
+extension TransportResponse {
     var text: String { String(decoding: body, as: UTF8.self) }
 
     /// The body as JSON; throws (showing the body) when it is not.

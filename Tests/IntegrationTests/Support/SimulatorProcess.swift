@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import MDEGateTransport
 
 /// A running `mde-simulator` on a free loopback port: the strict stand-in for the MDE API and
@@ -128,7 +129,7 @@ final class SimulatorProcess: Sendable {
     }
 
     /// Sends `fields` to the token endpoint as a form, exactly as given (no fields are added).
-    func requestToken(_ fields: [(name: String, value: String)]) async throws -> HTTPResponse {
+    func requestToken(_ fields: [(name: String, value: String)]) async throws -> TransportResponse {
         try await client.postForm(tokenPath, fields: fields)
     }
 
@@ -155,10 +156,10 @@ final class SimulatorProcess: Sendable {
     }
 
     /// A cancel sent straight to the simulator with `bearer` (default: the fixed `token`).
-    func cancel(_ id: String, bearer: String? = nil) async throws -> HTTPResponse {
+    func cancel(_ id: String, bearer: String? = nil) async throws -> TransportResponse {
         try await client.post(
             GatewayClient.cancelPath(id), json: ["Comment": "sent by the test"],
-            headers: [("Authorization", "Bearer \(bearer ?? token)")])
+            headers: [.authorization: "Bearer \(bearer ?? token)"])
     }
 
     // MARK: The machine-action family
@@ -166,32 +167,32 @@ final class SimulatorProcess: Sendable {
     /// One call of the simulated MDE API, straight to the simulator: `path` as sent (below the
     /// base URL, e.g. `/api/machines/<id>/isolate`), with `bearer` (default: the fixed `token`;
     /// "" sends no Authorization header) and, when given, `body` as JSON.
-    func call(method: String, path: String, body: JSON? = nil, bearer: String? = nil) async throws -> HTTPResponse {
-        var headers: [(name: String, value: String)] = []
+    func call(method: String, path: String, body: JSON? = nil, bearer: String? = nil) async throws -> TransportResponse {
+        var headers = HTTPFields()
         let bearer = bearer ?? token
-        if !bearer.isEmpty { headers.append(("Authorization", "Bearer \(bearer)")) }
-        if body != nil { headers.append(("Content-Type", "application/json")) }
+        if !bearer.isEmpty { headers[.authorization] = "Bearer \(bearer)" }
+        if body != nil { headers[.contentType] = "application/json" }
         return try await client.send(method, path, headers: headers, body: body?.bytes ?? [])
     }
 
     /// `POST /api/machines/{machine}/{action}` (e.g. `isolate`, `runAntiVirusScan`) with `body`.
-    func machineAction(_ action: String, machine: String, body: JSON, bearer: String? = nil) async throws -> HTTPResponse {
+    func machineAction(_ action: String, machine: String, body: JSON, bearer: String? = nil) async throws -> TransportResponse {
         try await call(method: "POST", path: "/api/machines/\(machine)/\(action)", body: body, bearer: bearer)
     }
 
     /// `POST /api/machines/{machine}/isolate`; answers 201 with the new MachineAction.
-    func isolate(_ machine: String, type: String = "Full", comment: String = "isolated by the test") async throws -> HTTPResponse {
+    func isolate(_ machine: String, type: String = "Full", comment: String = "isolated by the test") async throws -> TransportResponse {
         try await machineAction("isolate", machine: machine, body: ["Comment": .string(comment), "IsolationType": .string(type)])
     }
 
     /// `GET /api/machineactions/{id}`.
-    func machineActionState(_ id: String) async throws -> HTTPResponse {
+    func machineActionState(_ id: String) async throws -> TransportResponse {
         try await call(method: "GET", path: "/api/machineactions/\(id)")
     }
 
     /// `GET /api/machineactions` with OData `options` (e.g. `["$filter": "status eq 'Pending'",
     /// "$top": "5"]`), percent-encoded here.
-    func listMachineActions(_ options: [(name: String, value: String)] = []) async throws -> HTTPResponse {
+    func listMachineActions(_ options: [(name: String, value: String)] = []) async throws -> TransportResponse {
         let unreserved = CharacterSet(charactersIn: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
         let query = options.map { option in
             [option.name, option.value].map { $0.addingPercentEncoding(withAllowedCharacters: unreserved) ?? $0 }
@@ -201,7 +202,7 @@ final class SimulatorProcess: Sendable {
     }
 
     /// The ids in a listing's `value`, in order.
-    static func listedIDs(_ response: HTTPResponse) throws -> [String] {
+    static func listedIDs(_ response: TransportResponse) throws -> [String] {
         guard response.status == 200, let value = try response.json()["value"]?.array else {
             throw HarnessError("not a listing: \(response.summary)")
         }

@@ -15,15 +15,15 @@ final class ScriptedUpstream: Upstream {
     let baseURL = "scripted://upstream"
     private struct State {
         var arrivals: [UpstreamCall] = []
-        var answer: @Sendable (UpstreamCall) -> Result<HTTPResponse, TransportError> = { _ in
-            .success(HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: Array(#"{"status":"Cancelled"}"#.utf8)))
+        var answer: @Sendable (UpstreamCall) -> Result<TransportResponse, TransportError> = { _ in
+            .success(TransportResponse(status: 200, headers: [.contentType: "application/json"], body: Array(#"{"status":"Cancelled"}"#.utf8)))
         }
         var listeners: [(count: Int, continuation: CheckedContinuation<Void, Never>)] = []
     }
     private let state = Mutex(State())
 
     /// What the upstream answers from now on.
-    func answer(with script: @escaping @Sendable (UpstreamCall) -> Result<HTTPResponse, TransportError>) {
+    func answer(with script: @escaping @Sendable (UpstreamCall) -> Result<TransportResponse, TransportError>) {
         state.withLock { $0.answer = script }
     }
 
@@ -34,7 +34,7 @@ final class ScriptedUpstream: Upstream {
         arrivals.map { $0.path.split(separator: "/")[2].description }
     }
 
-    func send(_ call: UpstreamCall, token: String, completion: @escaping @Sendable (Result<HTTPResponse, TransportError>) -> Void) {
+    func send(_ call: UpstreamCall, token: String, completion: @escaping @Sendable (Result<TransportResponse, TransportError>) -> Void) {
         let (answer, ready) = state.withLock { state in
             state.arrivals.append(call)
             let count = state.arrivals.count
