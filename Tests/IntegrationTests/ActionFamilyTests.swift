@@ -59,7 +59,9 @@ struct ActionFamilyTests {
             let status = try await rig.client.status()
             for api in ["isolate", "unisolate", "run_antivirus_scan", "get_machine_action", "list_machine_actions"] {
                 let state = status["apis"]?.array?.first { $0["name"]?.string == api }
-                #expect(state?["limits"]?[0]?["used"]?.int == 1, "\(api): \(status)")
+                // The hour's limit: on a loaded machine the test can outlast the minute's window.
+                let hourly = state?["limits"]?.array?.max { ($0["windowSeconds"]?.double ?? 0) < ($1["windowSeconds"]?.double ?? 0) }
+                #expect(hourly?["used"]?.int == 1, "\(api): \(status)")
             }
         }
     }
