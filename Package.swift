@@ -32,6 +32,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/vapor/jwt-kit", from: "5.8.0"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
     ],
     targets: [
         // libcurl from Debian, with typed wrappers for its variadic calls.
@@ -144,6 +145,12 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The child processes of the integration tests and the benchmarks: started, their output
+        // awaited line by line, stopped (swift-subprocess underneath).
+        .target(
+            name: "ProcessHarness",
+            dependencies: [.product(name: "Subprocess", package: "swift-subprocess")]
+        ),
         // Benchmarks against the real daemon and simulator; figures for the docs, not tests.
         .executableTarget(
             name: "MDEGateBench",
@@ -151,6 +158,7 @@ let package = Package(
                 "MDEGateCore",
                 "MDEGateTransport",
                 "MDEGateWire",
+                "ProcessHarness",
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
@@ -176,6 +184,7 @@ let package = Package(
                 "MDEGateTransport",
                 "MDEGateCore",
                 "MDEGateWire",
+                "ProcessHarness",
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 // The shared quota's tests start a throwaway PostgreSQL server.
                 "MDEGateSharedQuota",

@@ -26,8 +26,8 @@ struct AdmissionScenario: Sendable {
         report.set("requests", .int(requests))
         report.set("clients", .int(clients))
         let limits = [Limit(calls: 1, window: .seconds(3600))]
-        let simulator = try lab.startSimulator(limits: limits)
-        let daemon = try lab.startDaemon(
+        let simulator = try await lab.startSimulator(limits: limits)
+        let daemon = try await lab.startDaemon(
             .init(limits: limits, guardBand: .milliseconds(250), maxPending: requests + 10), simulator: simulator)
         let environment = lab.environment
 
@@ -179,11 +179,11 @@ struct AdmissionScenario: Sendable {
         }
         if restart, environment.secondsLeft > 20 {
             let stopBegan = Now.monotonic()
-            let exitStatus = daemon.process.stop(graceSeconds: 30)
+            let exitStatus = await daemon.process.stop(graceSeconds: 30)
             let stopSeconds = Double(Now.monotonic() - stopBegan) / 1e9
             report.info("SIGTERM to exit", "\(seconds(stopSeconds)) (status \(exitStatus.map(String.init) ?? "killed"))",
                         key: "stop_s", round4(stopSeconds))
-            let again = try lab.startDaemon(
+            let again = try await lab.startDaemon(
                 .init(limits: limits, guardBand: .milliseconds(250), maxPending: requests + 10), simulator: simulator)
             let after = try again.status(timeoutSeconds: 30)
             let depthAfter = (after["queue"] as? [String: Any])?["depth"] as? Int

@@ -24,10 +24,10 @@ struct AuthScenario: Sendable {
             title: "auth: token refresh cost over \(rounds) rounds, then a \(Int(outageSeconds)) s login outage with "
                 + "\(asyncRequests) async + 2 waiting callers, \(buildConfiguration) build")
         let limits = [Limit(calls: 100_000, window: .seconds(60))]
-        let simulator = try lab.startSimulator(limits: [])
+        let simulator = try await lab.startSimulator(limits: [])
         var settings = RunningDaemon.Settings(limits: limits, guardBand: .milliseconds(1))
         settings.clientSecret = true
-        let daemon = try lab.startDaemon(settings, simulator: simulator)
+        let daemon = try await lab.startDaemon(settings, simulator: simulator)
         let timeout = lab.environment.secondsLeft
         let headers: HTTPFields = [.contentType: "application/json"]
 

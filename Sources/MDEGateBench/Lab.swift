@@ -1,5 +1,6 @@
 import Foundation
 import MDEGateCore
+import ProcessHarness
 import Synchronization
 
 #if canImport(Glibc)
@@ -11,55 +12,56 @@ import Glibc
 final class Lab: Sendable {
     let workspace: Workspace
     let environment: Environment
-    private let started = Mutex<[ChildProcess]>([])
+    /// With the log files each writes besides its output (nginx's error_log).
+    private let started = Mutex<[(process: ChildProcess, logFiles: [String])]>([])
 
     init(workspace: Workspace, environment: Environment) {
         self.workspace = workspace
         self.environment = environment
     }
 
-    func startSimulator(limits: [Limit], delay: Duration? = nil) throws -> RunningSimulator {
-        let simulator = try RunningSimulator.start(limits: limits, delay: delay, in: workspace, environment: environment)
-        started.withLock { $0.append(simulator.process) }
+    func startSimulator(limits: [Limit], delay: Duration? = nil) async throws -> RunningSimulator {
+        let simulator = try await RunningSimulator.start(limits: limits, delay: delay, in: workspace, environment: environment)
+        started.withLock { $0.append((simulator.process, [])) }
         return simulator
     }
 
     /// `directory`: a subdirectory of the workspace of its own (one per daemon when several run).
-    func startDaemon(_ settings: RunningDaemon.Settings, simulator: RunningSimulator, directory: String? = nil) throws -> RunningDaemon {
+    func startDaemon(_ settings: RunningDaemon.Settings, simulator: RunningSimulator, directory: String? = nil) async throws -> RunningDaemon {
         var place = workspace
         if let directory {
             place = Workspace(path: workspace.file(directory))
             try FileManager.default.createDirectory(atPath: place.path, withIntermediateDirectories: true)
         }
-        let daemon = try RunningDaemon.start(settings, simulator: simulator, in: place, environment: environment)
-        started.withLock { $0.append(daemon.process) }
+        let daemon = try await RunningDaemon.start(settings, simulator: simulator, in: place, environment: environment)
+        started.withLock { $0.append((daemon.process, [])) }
         return daemon
     }
 
-    func startPostgres() throws -> RunningPostgres {
-        let postgres = try RunningPostgres.start(in: workspace, environment: environment)
-        started.withLock { $0.append(postgres.process) }
+    func startPostgres() async throws -> RunningPostgres {
+        let postgres = try await RunningPostgres.start(in: workspace, environment: environment)
+        started.withLock { $0.append((postgres.process, [])) }
         return postgres
     }
 
-    func startNginx(executable: String, simulator: RunningSimulator) throws -> RunningNginx {
-        let nginx = try RunningNginx.start(executable: executable, simulator: simulator, in: workspace, environment: environment)
-        started.withLock { $0.append(nginx.process) }
+    func startNginx(executable: String, simulator: RunningSimulator) async throws -> RunningNginx {
+        let nginx = try await RunningNginx.start(executable: executable, simulator: simulator, in: workspace, environment: environment)
+        started.withLock { $0.append((nginx.process, [nginx.errorLog])) }
         return nginx
     }
 
     /// Stops every started process, newest first (the daemon or nginx before their upstream).
-    func tearDown(showLogs: Bool) {
+    func tearDown(showLogs: Bool) async {
         let processes = started.withLock { list in
             defer { list.removeAll() }
             return list
         }
-        for process in processes.reversed() {
+        for (process, logFiles) in processes.reversed() {
             if showLogs {
-                let tail = process.logTail()
+                let tail = process.logTail(logFiles: logFiles)
                 if !tail.isEmpty { FileHandle.standardError.write(Data("\(process.name) (pid \(process.pid)) output:\n\(tail)\n".utf8)) }
             }
-            process.stop(graceSeconds: 5)
+            await process.stop(graceSeconds: 5)
         }
     }
 
@@ -78,10 +80,10 @@ final class Lab: Sendable {
         }
         do {
             let result = try await body(lab)
-            lab.tearDown(showLogs: false)
+            await lab.tearDown(showLogs: false)
             return result
         } catch {
-            lab.tearDown(showLogs: true)
+            await lab.tearDown(showLogs: true)
             throw error
         }
     }

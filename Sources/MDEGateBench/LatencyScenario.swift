@@ -50,14 +50,14 @@ struct LatencyScenario: Sendable {
 
     func run(in lab: Lab) async throws -> Report {
         let limits = [Limit(calls: 100_000, window: .seconds(1))]
-        let simulator = try lab.startSimulator(limits: [])
-        let daemon = try lab.startDaemon(.init(limits: limits, guardBand: .milliseconds(1)), simulator: simulator)
+        let simulator = try await lab.startSimulator(limits: [])
+        let daemon = try await lab.startDaemon(.init(limits: limits, guardBand: .milliseconds(1)), simulator: simulator)
         var endpoints: [Path: Endpoint] = [.direct: simulator.endpoint, .gateway: daemon.endpoint]
         var skipped: String?
         switch RunningNginx.find(nginx) {
         case .success(let executable):
             do {
-                endpoints[.nginx] = try lab.startNginx(executable: executable, simulator: simulator).endpoint
+                endpoints[.nginx] = try await lab.startNginx(executable: executable, simulator: simulator).endpoint
             } catch {
                 FileHandle.standardError.write(Data("mdegate-bench: nginx did not start: \(error)\n".utf8))
                 // One line for the note: the reason and the first line of nginx's output.

@@ -1,4 +1,5 @@
 import Foundation
+import ProcessHarness
 
 #if canImport(Glibc)
 import Glibc
@@ -14,6 +15,8 @@ import Glibc
 struct RunningNginx: Sendable {
     let process: ChildProcess
     let socketPath: String
+    /// nginx's error_log, shown with its output when a run fails.
+    let errorLog: String
 
     /// Where nginx is looked for when `--nginx` is not given: PATH, then the usual sbin
     /// directories (not on a normal user's PATH).
@@ -36,7 +39,7 @@ struct RunningNginx: Sendable {
     /// Writes `nginx.conf` into the workspace, starts nginx and waits until its socket accepts.
     static func start(
         executable: String, simulator: RunningSimulator, in workspace: Workspace, environment: Environment
-    ) throws -> RunningNginx {
+    ) async throws -> RunningNginx {
         let configPath = workspace.file("nginx.conf")
         let socketPath = workspace.file("nginx.sock")
         let errorLog = workspace.file("nginx-error.log")
@@ -87,19 +90,18 @@ struct RunningNginx: Sendable {
             """
         try config.write(toFile: configPath, atomically: true, encoding: .utf8)
         try FileManager.default.createDirectory(atPath: temp, withIntermediateDirectories: true)
-        let process = try ChildProcess(
-            name: "nginx", executable: executable,
-            arguments: ["-p", workspace.path + "/", "-c", configPath, "-e", errorLog],
-            workspace: workspace, children: environment.children, logFiles: [errorLog])
+        let process = try await environment.start(
+            "nginx", executable: executable, arguments: ["-p", workspace.path + "/", "-c", configPath, "-e", errorLog],
+            in: workspace)
         do {
-            try process.waitUntil(timeoutSeconds: min(30, environment.secondsLeft)) {
+            try await process.waitUntil(timeoutSeconds: min(30, environment.secondsLeft)) {
                 (try? HTTPConnection(.unix(socketPath), timeoutSeconds: 1)) != nil
             }
         } catch {
-            process.stop(graceSeconds: 1)
-            throw error
+            await process.stop(graceSeconds: 1)
+            throw BenchError("\(error)\n\(process.logTail(logFiles: [errorLog]))")
         }
-        return RunningNginx(process: process, socketPath: socketPath)
+        return RunningNginx(process: process, socketPath: socketPath, errorLog: errorLog)
     }
 
     var endpoint: Endpoint { .unix(socketPath) }

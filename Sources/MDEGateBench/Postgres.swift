@@ -1,4 +1,5 @@
 import Foundation
+import ProcessHarness
 
 #if canImport(Glibc)
 import Glibc
@@ -14,7 +15,7 @@ struct RunningPostgres: Sendable {
     /// `shared_quota.url` for a daemon on this machine.
     var url: String { "postgresql://mdegate@/postgres?host=\(directory)" }
 
-    static func start(in workspace: Workspace, environment: Environment) throws -> RunningPostgres {
+    static func start(in workspace: Workspace, environment: Environment) async throws -> RunningPostgres {
         let root = "/usr/lib/postgresql"
         let versions = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).compactMap(Int.init).sorted()
         guard let newest = versions.last else {
@@ -38,20 +39,19 @@ struct RunningPostgres: Sendable {
         }
         let (initdb, initdbArguments) = command(
             "\(bin)/initdb", ["-D", "\(directory)/data", "-A", "trust", "-U", "mdegate", "--no-sync", "-E", "UTF8", "--locale=C"])
-        let setup = try ChildProcess(
-            name: "initdb", executable: initdb, arguments: initdbArguments, workspace: workspace, children: environment.children)
-        try setup.waitUntil(timeoutSeconds: min(120, environment.secondsLeft)) { false == setup.isRunning }
-        guard setup.stop(graceSeconds: 1) == 0 else { throw BenchError("initdb failed:\n\(setup.logTail())") }
+        let setup = try await environment.start("initdb", executable: initdb, arguments: initdbArguments, in: workspace)
+        guard try await setup.waitForExit(timeout: .seconds(min(120, environment.secondsLeft))) == .exited(0) else {
+            throw BenchError("initdb failed:\n\(setup.logTail())")
+        }
         // fsync stays on: the figure is what a slot costs on a real server (its commit included).
         let (postgres, arguments) = command(
             "\(bin)/postgres", ["-D", "\(directory)/data", "-k", directory, "-p", "5432", "-c", "listen_addresses="])
-        let process = try ChildProcess(
-            name: "postgres", executable: postgres, arguments: arguments, workspace: workspace, children: environment.children)
+        let process = try await environment.start("postgres", executable: postgres, arguments: arguments, in: workspace)
         do {
-            _ = try process.waitForLine(
-                containing: "ready to accept connections", in: \.stderrPath, timeoutSeconds: min(60, environment.secondsLeft))
+            _ = try await process.waitForLine(
+                containing: "ready to accept connections", in: [.stderr], timeout: .seconds(min(60, environment.secondsLeft)))
         } catch {
-            process.stop(graceSeconds: 1)
+            await process.stop(graceSeconds: 1)
             throw error
         }
         return RunningPostgres(process: process, directory: directory)

@@ -1,5 +1,6 @@
 import Foundation
 import MDEGateCore
+import ProcessHarness
 import Synchronization
 
 #if canImport(Glibc)
@@ -7,11 +8,12 @@ import Glibc
 #endif
 
 /// The processes and scratch directories this run made, so a timeout, an error or Ctrl-C can
-/// end them (by pid, and only these) and remove them.
+/// end them (only these) and remove them.
 final class Children: Sendable {
-    private let pids = Mutex<Set<pid_t>>([])
+    private let processes = Mutex<[ChildProcess]>([])
     private let directories = Mutex<[String]>([])
 
+    func add(_ process: ChildProcess) { processes.withLock { $0.append(process) } }
     func addDirectory(_ path: String) { directories.withLock { $0.append(path) } }
 
     /// Kills every child and removes the scratch directories: the last act of an interrupted run.
@@ -20,12 +22,9 @@ final class Children: Sendable {
         for path in directories.withLock({ $0 }) { try? FileManager.default.removeItem(atPath: path) }
     }
 
-    func add(_ pid: pid_t) { _ = pids.withLock { $0.insert(pid) } }
-    func remove(_ pid: pid_t) { _ = pids.withLock { $0.remove(pid) } }
-
-    /// Sends `signal` to every child still registered.
+    /// Sends `signal` to every child still running.
     func signalAll(_ signal: Int32) {
-        for pid in pids.withLock({ $0 }) { kill(pid, signal) }
+        for process in processes.withLock({ $0 }) { process.send(signal) }
     }
 }
 
@@ -46,107 +45,51 @@ struct Workspace: Sendable {
     func remove() { try? FileManager.default.removeItem(atPath: path) }
 }
 
-/// A started child (simulator, daemon or nginx) whose stdout and stderr go to files in the workspace.
-final class ChildProcess: Sendable {
-    let name: String
-    let pid: pid_t
-    let stdoutPath: String
-    let stderrPath: String
-    /// Other logs the child writes itself (nginx's error_log), shown with its output.
-    let logFiles: [String]
-    private let process: Process
-    private let children: Children
-
-    init(
-        name: String, executable: String, arguments: [String], workspace: Workspace, children: Children,
-        logFiles: [String] = []
-    ) throws {
+extension Environment {
+    /// Starts a child (simulator, daemon, PostgreSQL, nginx) in `workspace`, its output kept in
+    /// memory, registered so that the watchdog and Ctrl-C end it.
+    func start(_ name: String, executable: String, arguments: [String], in workspace: Workspace) async throws -> ChildProcess {
         guard FileManager.default.isExecutableFile(atPath: executable) else {
             throw BenchError(
                 "\(executable) is missing: build it next to mdegate-bench (swift build --product \(URL(fileURLWithPath: executable).lastPathComponent)), or pass --bin-dir")
         }
-        self.name = name
-        self.children = children
-        self.logFiles = logFiles
-        stdoutPath = workspace.file("\(name).out")
-        stderrPath = workspace.file("\(name).err")
-        _ = FileManager.default.createFile(atPath: stdoutPath, contents: nil)
-        _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
         // MDEGATE_* variables of the caller would override the benchmark's configuration file.
-        process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("MDEGATE_") }
-        process.currentDirectoryURL = URL(fileURLWithPath: workspace.path)
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle(forWritingAtPath: stdoutPath)
-        process.standardError = FileHandle(forWritingAtPath: stderrPath)
-        try process.run()
-        self.process = process
-        pid = process.processIdentifier
-        children.add(pid)
+        let process = try await ChildProcess(
+            name: name, executable: executable, arguments: arguments,
+            environment: ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("MDEGATE_") },
+            workingDirectory: workspace.path)
+        children.add(process)
+        return process
     }
+}
 
-    var isRunning: Bool { process.isRunning }
-
-    /// Waits until `needle` appears in the child's stdout or stderr; returns the matching line.
-    func waitForLine(containing needle: String, in stream: KeyPath<ChildProcess, String>, timeoutSeconds: Double) throws -> String {
-        var found: String?
-        try waitUntil(timeoutSeconds: timeoutSeconds) {
-            if let text = try? String(contentsOfFile: self[keyPath: stream], encoding: .utf8),
-                let line = text.split(separator: "\n").first(where: { $0.contains(needle) })
-            {
-                found = String(line)
-            }
-            return found != nil
-        }
-        return found!
-    }
-
-    /// Polls `ready` every 2 ms until it returns true; throws if the child exits first or time runs out.
-    func waitUntil(timeoutSeconds: Double, _ ready: () -> Bool) throws {
+extension ChildProcess {
+    /// Polls `ready` every 2 ms until it returns true; throws if the child ends first or time runs out.
+    func waitUntil(timeoutSeconds: Double, _ ready: () -> Bool) async throws {
         let deadline = Now.monotonic() + Int64(timeoutSeconds * 1e9)
         while Now.monotonic() < deadline {
             if ready() { return }
-            guard isRunning else {
-                throw BenchError("\(name) exited (status \(process.terminationStatus)) before it was ready:\n\(logTail())")
-            }
-            usleep(2_000)
+            if let end { throw BenchError("\(name) ended (\(end)) before it was ready:\n\(logTail())") }
+            try await Task.sleep(for: .milliseconds(2))
         }
         throw BenchError("\(name) was not ready within \(timeoutSeconds) s:\n\(logTail())")
     }
 
-    /// The last lines of its output files and logs, for error messages.
-    func logTail(lines: Int = 15) -> String {
-        ([stdoutPath, stderrPath] + logFiles).compactMap { path in
-            guard let text = try? String(contentsOfFile: path, encoding: .utf8), !text.isEmpty else { return nil }
-            return text.split(separator: "\n").suffix(lines).map { "    | \($0)" }.joined(separator: "\n")
-        }.joined(separator: "\n")
-    }
-
-    /// The resident set size in bytes (`VmRSS` of /proc/PID/status).
-    func residentBytes() -> Int? {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
-        else { return nil }
-        let digits = line.split(separator: " ").compactMap { Int($0) }.first
-        return digits.map { $0 * 1024 }
+    /// The last lines of its output and of `logFiles` (nginx's error_log), for error messages.
+    func logTail(lines count: Int = 15, logFiles: [String] = []) -> String {
+        let output = [lines(.stdout), lines(.stderr)].map { $0.suffix(count).joined(separator: "\n") }
+        let files = logFiles.compactMap { try? String(contentsOfFile: $0, encoding: .utf8) }
+            .map { $0.split(separator: "\n").suffix(count).joined(separator: "\n") }
+        return (output + files).filter { !$0.isEmpty }
+            .map { $0.split(separator: "\n").map { "    | \($0)" }.joined(separator: "\n") }
+            .joined(separator: "\n")
     }
 
     /// SIGTERM, then SIGKILL after `graceSeconds`. Returns the exit status, nil if it had to be killed.
     @discardableResult
-    func stop(graceSeconds: Double = 5) -> Int32? {
-        defer { children.remove(pid) }
-        if isRunning { kill(pid, SIGTERM) }
-        let deadline = Now.monotonic() + Int64(graceSeconds * 1e9)
-        while isRunning, Now.monotonic() < deadline { usleep(5_000) }
-        if isRunning {
-            kill(pid, SIGKILL)
-            process.waitUntilExit()
-            return nil
-        }
-        process.waitUntilExit()
-        return process.terminationStatus
+    func stop(graceSeconds: Double) async -> Int32? {
+        guard case .exited(let status) = await stop(grace: .milliseconds(Int(graceSeconds * 1000))) else { return nil }
+        return status
     }
 }
 
@@ -187,24 +130,23 @@ struct RunningSimulator: Sendable {
     static let clientSecret = "bench-secret"
 
     /// `delay` holds every answer that long (`--delay`), like a distant upstream.
-    static func start(limits: [Limit], delay: Duration?, in workspace: Workspace, environment: Environment) throws -> RunningSimulator {
+    static func start(limits: [Limit], delay: Duration?, in workspace: Workspace, environment: Environment) async throws -> RunningSimulator {
         var arguments = [
             "--port", "0", "--token", token, "--quiet",
             "--tenant", tenant, "--client-id", clientID, "--client-secret", clientSecret,
         ]
         for limit in limits { arguments += ["--limit", limit.spec] }
         if let delay, delay > .zero { arguments += ["--delay", delay.configString] }
-        let process = try ChildProcess(
-            name: "mde-simulator", executable: "\(environment.binDirectory)/mde-simulator", arguments: arguments,
-            workspace: workspace, children: environment.children)
+        let process = try await environment.start(
+            "mde-simulator", executable: "\(environment.binDirectory)/mde-simulator", arguments: arguments, in: workspace)
         do {
-            let line = try process.waitForLine(
-                containing: "listening on http://", in: \.stdoutPath, timeoutSeconds: min(30, environment.secondsLeft))
+            let line = try await process.waitForLine(
+                containing: "listening on http://", in: [.stdout], timeout: .seconds(min(30, environment.secondsLeft)))
             guard let port = line.split(separator: ":").last.flatMap({ UInt16($0.trimmingCharacters(in: .whitespaces)) })
             else { throw BenchError("cannot read the simulator's port from '\(line)'") }
             return RunningSimulator(process: process, port: port)
         } catch {
-            process.stop(graceSeconds: 1)
+            await process.stop(graceSeconds: 1)
             throw error
         }
     }
@@ -256,7 +198,7 @@ struct RunningDaemon: Sendable {
     let process: ChildProcess
     let socketPath: String
     let statePath: String
-    /// From process start to the "mdegate is ready" log line (polled every 2 ms).
+    /// From process start to the "mdegate is ready" log line.
     let startupSeconds: Double
 
     struct Settings: Sendable {
@@ -273,7 +215,7 @@ struct RunningDaemon: Sendable {
     /// Writes the configuration (first start only) and starts `mdegate serve`.
     static func start(
         _ settings: Settings, simulator: RunningSimulator, in workspace: Workspace, environment: Environment
-    ) throws -> RunningDaemon {
+    ) async throws -> RunningDaemon {
         let configPath = workspace.file("mdegate.yaml")
         let socketPath = workspace.file("gw.sock")
         let statePath = workspace.file("state.sqlite")
@@ -315,14 +257,13 @@ struct RunningDaemon: Sendable {
             try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
         }
         let started = Now.monotonic()
-        let process = try ChildProcess(
-            name: "mdegate", executable: "\(environment.binDirectory)/mdegate",
-            arguments: ["serve", "--config", configPath], workspace: workspace, children: environment.children)
+        let process = try await environment.start(
+            "mdegate", executable: "\(environment.binDirectory)/mdegate", arguments: ["serve", "--config", configPath], in: workspace)
         do {
-            _ = try process.waitForLine(
-                containing: "mdegate is ready", in: \.stderrPath, timeoutSeconds: min(60, environment.secondsLeft))
+            _ = try await process.waitForLine(
+                containing: "mdegate is ready", in: [.stderr], timeout: .seconds(min(60, environment.secondsLeft)))
         } catch {
-            process.stop(graceSeconds: 1)
+            await process.stop(graceSeconds: 1)
             throw error
         }
         return RunningDaemon(

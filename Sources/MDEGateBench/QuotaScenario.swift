@@ -54,15 +54,15 @@ struct QuotaScenario: Sendable {
         report.set("upstream_delay_ms", .double(Double(upstreamDelay?.nanoseconds ?? 0) / 1e6))
         report.set("hosts", .int(hosts))
 
-        let simulator = try lab.startSimulator(limits: limits, delay: upstreamDelay)
-        let postgres = sharedQuota ? try lab.startPostgres() : nil
+        let simulator = try await lab.startSimulator(limits: limits, delay: upstreamDelay)
+        let postgres = sharedQuota ? try await lab.startPostgres() : nil
         var settings = RunningDaemon.Settings(
             limits: limits, guardBand: guardBand, maxConcurrency: maxConcurrency, maxPending: max(100_000, requests * apis.count + 10))
         var daemons: [RunningDaemon] = []
         for index in 0..<hosts {
             let name = "host-\(index + 1)"
             settings.sharedQuota = postgres.map { ($0.url, name) }
-            daemons.append(try lab.startDaemon(settings, simulator: simulator, directory: hosts > 1 ? name : nil))
+            daemons.append(try await lab.startDaemon(settings, simulator: simulator, directory: hosts > 1 ? name : nil))
         }
         let daemon = daemons[0]
         try simulator.reset(timeoutSeconds: 10)

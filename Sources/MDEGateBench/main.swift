@@ -253,7 +253,7 @@ struct SharedBurst: AsyncParsableCommand {
         let (alone, together) = (single, shared)
         try await common.run(defaultTimeout: 2 * shared.defaultTimeout) { lab in
             let baseline = try await alone.run(in: lab)
-            lab.tearDown(showLogs: false)
+            await lab.tearDown(showLogs: false)
             var report = try await together.run(in: lab)
             report.title = "shared: \(hosts) gateways, one quota in PostgreSQL; \(report.title)"
             report.absorb(baseline, label: "one gateway alone: ", key: "single_")

@@ -1,5 +1,6 @@
 import Foundation
 import MDEGateTransport
+import ProcessHarness
 import Testing
 
 /// The harness itself, against the simulator alone: if these fail, every other failure is suspect.
@@ -70,7 +71,7 @@ struct HarnessTests {
             let end = await simulator.stop()
             #expect(end != nil)
             #expect(simulator.process.end == end)
-            await #expect(throws: HarnessError.self) {
+            await #expect(throws: ChildProcessError.self) {
                 try await simulator.process.waitForLine(containing: "a line that is never printed", timeout: .seconds(10))
             }
         }

@@ -213,7 +213,7 @@ struct SimulatorActionTests {
                 (["--api-limits", "isolate=2/1x"], ["2/1x"]),
                 (["--fault-apis", "cancel,bogus"], ["--fault-apis", "bogus"]),
             ] {
-                let process = try TestProcess(
+                let process = try await TestProcess(
                     name: "mde-simulator", executable: Binaries.simulator,
                     arguments: ["--port", "0"] + arguments, environment: TestProcess.environment())
                 let end = try await process.waitForExit(timeout: .seconds(30))

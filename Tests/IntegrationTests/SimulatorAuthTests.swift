@@ -36,7 +36,7 @@ struct SimulatorAuthTests {
             let directory = try TemporaryDirectory()
             defer { directory.remove() }
             let pki = try await TestPKI(directory: directory.path)
-            let process = try TestProcess(
+            let process = try await TestProcess(
                 name: "mde-simulator",
                 executable: Binaries.simulator,
                 arguments: ["--port", "0", "--tls-certificate", pki.server.certificatePath, "--tls-key", pki.client.keyPath],

@@ -47,7 +47,7 @@ struct StatusTimelineTests {
     func watch() async throws {
         try await withRig { rig in
             #expect(try await rig.client.cancel(machineActionID()).status == 200)
-            let watching = try TestProcess(
+            let watching = try await TestProcess(
                 name: "mdegate status --watch", executable: Binaries.gateway, arguments: ["status", "--watch"],
                 environment: TestProcess.environment(adding: ["MDEGATE_SOCKET": rig.gateway.socketPath]))
             _ = try await eventually("two frames drawn") {

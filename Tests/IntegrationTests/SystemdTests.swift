@@ -113,7 +113,7 @@ struct SystemdTests {
         try await withSimulator { directory, simulator in
             let configPath = try Self.writeConfiguration(in: directory, upstream: simulator)
             let activated = directory.file("activated.sock")
-            let process = try TestProcess(
+            let process = try await TestProcess(
                 name: "systemd-socket-activate mdegate serve",
                 executable: SystemdTools.socketActivate!,
                 arguments: ["-l", activated, Binaries.gateway.path, "serve", "--config", configPath],
@@ -157,7 +157,7 @@ struct SystemdTests {
             let configPath = try Self.writeConfiguration(in: directory, upstream: simulator)
             let notify = try NotifySocket(path: directory.file("notify.sock"))
             defer { notify.close() }
-            let process = try TestProcess(
+            let process = try await TestProcess(
                 name: "mdegate serve",
                 executable: Binaries.gateway,
                 arguments: ["serve", "--config", configPath],
@@ -200,7 +200,7 @@ struct SystemdTests {
             let configPath = try Self.writeConfiguration(in: directory, upstream: simulator)
             let notify = try NotifySocket(path: "@mdegate-test-\(randomSuffix())")
             defer { notify.close() }
-            let process = try TestProcess(
+            let process = try await TestProcess(
                 name: "mdegate serve",
                 executable: Binaries.gateway,
                 arguments: ["serve", "--config", configPath],

@@ -140,12 +140,12 @@ final class GatewayProcess: Sendable {
         let serve = ["serve", "--config", configPath]
         let process =
             options.journalStream
-            ? try TestProcess(
+            ? try await TestProcess(
                 name: "mdegate serve",
                 executable: URL(fileURLWithPath: "/bin/sh"),
                 arguments: ["-c", "export JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2); exec \"$0\" \"$@\"", Binaries.gateway.path] + serve,
                 environment: TestProcess.environment(adding: options.environment))
-            : try TestProcess(
+            : try await TestProcess(
                 name: "mdegate serve", executable: Binaries.gateway, arguments: serve,
                 environment: TestProcess.environment(adding: options.environment))
         do {
@@ -207,7 +207,7 @@ struct CommandResult: Sendable, CustomStringConvertible {
 
     /// Runs `mdegate arguments` to the end (bounded in time) with a clean environment plus `environment`.
     static func run(_ arguments: [String], environment: [String: String] = [:]) async throws -> CommandResult {
-        let process = try TestProcess(
+        let process = try await TestProcess(
             name: "mdegate \(arguments.first ?? "")",
             executable: Binaries.gateway,
             arguments: arguments,

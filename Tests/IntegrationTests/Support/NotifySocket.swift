@@ -1,4 +1,5 @@
 import Foundation
+import ProcessHarness
 import Synchronization
 
 /// A datagram socket of the test's own, handed to the daemon as `NOTIFY_SOCKET`: it receives what

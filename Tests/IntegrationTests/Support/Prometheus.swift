@@ -100,7 +100,7 @@ final class TestPrometheus: Sendable {
             """
         try config.write(toFile: directory.file("prometheus.yml"), atomically: true, encoding: .utf8)
         port = try freeLoopbackPort()
-        process = try TestProcess(
+        process = try await TestProcess(
             name: "prometheus", executable: Self.executable,
             arguments: [
                 "--config.file=\(directory.file("prometheus.yml"))",
@@ -151,7 +151,7 @@ func promtool(_ arguments: [String], input: String? = nil) async throws -> (stat
         arguments = ["-c", "exec \(TestPrometheus.promtool.path) \(arguments.joined(separator: " ")) < \(directory.file("input"))"]
     }
     defer { scratch?.remove() }
-    let process = try TestProcess(
+    let process = try await TestProcess(
         name: "promtool", executable: input == nil ? TestPrometheus.promtool : URL(fileURLWithPath: "/bin/sh"),
         arguments: arguments, environment: TestProcess.environment())
     let end = try await process.waitForExit(timeout: .seconds(60))

@@ -53,7 +53,7 @@ final class SimulatorProcess: Sendable {
             fixed += ["--tls-certificate", tls.server.certificatePath, "--tls-key", tls.server.keyPath]
         }
         fixed += clientCertificates.flatMap { ["--client-certificate", $0] }
-        let process = try TestProcess(
+        let process = try await TestProcess(
             name: "mde-simulator",
             executable: Binaries.simulator,
             arguments: fixed + arguments,

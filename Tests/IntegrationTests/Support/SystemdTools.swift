@@ -32,7 +32,7 @@ enum SystemdTools {
 
     /// Runs `executable` to its end (bounded in time) and returns how it ended and what it printed.
     static func run(_ executable: URL, _ arguments: [String], timeout: Duration = .seconds(60)) async throws -> CommandResult {
-        let process = try TestProcess(
+        let process = try await TestProcess(
             name: executable.lastPathComponent, executable: executable, arguments: arguments,
             environment: TestProcess.environment(adding: ["SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "cat", "LC_ALL": "C.UTF-8"]))
         do {

@@ -126,7 +126,7 @@ enum OpenSSL {
         guard let executable = executable else {
             throw HarnessError("the openssl command is not on PATH; install it (apt-get install openssl)")
         }
-        let process = try TestProcess(
+        let process = try await TestProcess(
             name: "openssl \(arguments.first ?? "")", executable: executable, arguments: arguments,
             environment: TestProcess.environment())
         let end = try await process.waitForExit(timeout: .seconds(60))

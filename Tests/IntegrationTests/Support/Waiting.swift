@@ -1,24 +1,4 @@
-/// Runs `operation` and fails with a `HarnessError` naming `what` when it takes longer than
-/// `limit`: a broken daemon fails the test instead of hanging the suite. `operation` must end
-/// when its task is cancelled (task sleeps, `CurlTransport.send` and the harness's waits do).
-func withTimeout<T: Sendable>(
-    _ limit: Duration,
-    _ what: String,
-    _ operation: @escaping @Sendable () async throws -> T
-) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await operation() }
-        group.addTask {
-            try await Task.sleep(for: limit)
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let value = first else {
-            throw HarnessError("timed out after \(limit) waiting for \(what)")
-        }
-        return value
-    }
-}
+import ProcessHarness
 
 /// Re-evaluates `condition` every `interval` until it holds, for states the harness can only
 /// observe by asking (a record's state, the simulator's counters). Bounded in time and count;
