@@ -9,19 +9,25 @@ packages=(libcurl4-openssl-dev libsqlite3-dev pkg-config curl openssl)
 # --tests: also Debian's PostgreSQL server, which the shared-quota tests start a throwaway
 # instance of (initdb + pg_ctl in a temporary directory; no system service is used), and
 # Debian's Prometheus: the metrics test starts a server that scrapes the daemon, and promtool
-# checks the exposition and tests contrib/'s alert rules.
+# checks the exposition and tests contrib/'s alert rules. Then the tools the tests run besides
+# Swift (schemathesis, httpx, Node.js: scripts/install-test-tools.sh).
+tests=false
 if [ "${1:-}" = "--tests" ]; then
+    tests=true
     packages+=(postgresql prometheus)
 fi
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
-
-echo "Installing ${missing[*]} ..." >&2
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "Installing ${missing[*]} ..." >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if $tests; then
+    "$(dirname "$0")/install-test-tools.sh"
+fi

@@ -104,11 +104,16 @@ public enum JSON {
     }
 
     /// An ISO 8601 instant with a zone (`2026-11-24T04:03:35Z`, `…35.123Z`, `…35+01:00`), as
-    /// `timestamp` writes it and as people type it; nil for anything else.
+    /// `timestamp` writes it and as people type it; nil for anything else, and for an instant a
+    /// `Timestamp` cannot hold (nanoseconds in an Int64: 1677-09-21 to 2262-04-11), which would
+    /// otherwise overflow and stop the process (`GET /v1/requests?until=0054-03-15T19:25:29Z`).
     public static func timestamp(parsing text: String) -> Timestamp? {
         let date = (try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)))
             ?? (try? Date(text, strategy: Date.ISO8601FormatStyle()))
         // To the millisecond, the most the format carries; a Double holds no more exactly.
-        return date.map { Timestamp(nanosecondsSinceEpoch: Int64(($0.timeIntervalSince1970 * 1000).rounded()) * 1_000_000) }
+        guard let milliseconds = date.map({ ($0.timeIntervalSince1970 * 1000).rounded() }),
+            abs(milliseconds) < Double(Int64.max / 1_000_000)
+        else { return nil }
+        return Timestamp(nanosecondsSinceEpoch: Int64(milliseconds) * 1_000_000)
     }
 }

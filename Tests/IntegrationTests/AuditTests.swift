@@ -63,6 +63,18 @@ struct AuditTests {
         }
     }
 
+    @Test("an instant the daemon cannot hold (year 54, year 9999) is refused with 400 InvalidQuery, and the daemon keeps serving")
+    func instantOutOfRange() async throws {
+        try await withRig { rig in
+            for query in ["until=0054-03-15T19%3A25%3A29.6114Z", "since=9999-12-31T23%3A59%3A59Z"] {
+                let response = try await rig.client.http.get("/v1/requests?\(query)")
+                #expect(response.status == 400, "\(query): \(response.summary)")
+                #expect(response.errorCode == "InvalidQuery", "\(query): \(response.summary)")
+            }
+            #expect(try await rig.client.http.get("/v1/requests").status == 200)
+        }
+    }
+
     @Test("state.retention: a finished request past it is gone from the listing and from GET /v1/requests/{id} after a restart")
     func retention() async throws {
         var options = GatewayOptions()

@@ -122,7 +122,8 @@ struct AuditListingTests {
         #expect(parsed.after == RequestCursor(createdAt: 5, sequence: 7))
         for (query, mentions) in [
             ("uid=root", "uid \"root\""), ("state=lost", "state \"lost\""), ("api=reboot", "api \"reboot\""),
-            ("since=yesterday", "since \"yesterday\""), ("limit=0", "from 1 to 1000"), ("limit=1001", "from 1 to 1000"),
+            ("since=yesterday", "since \"yesterday\""), ("until=0054-03-15T19:25:29.6114Z", "from 1678 to 2261"),
+            ("since=9999-12-31T23:59:59Z", "since \"9999-12-31T23:59:59Z\""), ("limit=0", "from 1 to 1000"), ("limit=1001", "from 1 to 1000"),
             ("cursor=abc", "cursor \"abc\""), ("machineActionId=x%27%20OR%201", "not a machine action id"),
             ("colour=red", "\"colour\" is not a parameter"), ("uid=1&uid=2", "uid is given twice"),
         ] {

@@ -19,4 +19,13 @@ struct JSONTimestampTests {
             #expect(JSON.timestamp(instant).hasSuffix(".000Z"), "\(second)")
         }
     }
+
+    @Test("an instant a Timestamp cannot hold is not parsed (nil), where it used to overflow and stop the daemon")
+    func instantsOutOfRange() {
+        for text in ["0054-03-15T19:25:29.6114Z", "0001-01-01T00:00:00Z", "1677-09-21T00:00:00Z", "2262-04-12T00:00:00Z", "9999-12-31T23:59:59Z"] {
+            #expect(JSON.timestamp(parsing: text) == nil, "\(text)")
+        }
+        #expect(JSON.timestamp(parsing: "1677-09-22T00:00:00Z") != nil)
+        #expect(JSON.timestamp(parsing: "2262-04-11T00:00:00Z") != nil)
+    }
 }

@@ -48,7 +48,7 @@ extension RequestQuery {
                 result.target = value
             case "since", "until":
                 guard let instant = Self.instant(value, now: now) else {
-                    return problem("\(item.name) \(quoted(value)) is neither an ISO 8601 time (2026-12-03T04:00:00Z) nor a duration ago (30m, 24h)")
+                    return problem("\(item.name) \(quoted(value)) is neither an ISO 8601 time from 1678 to 2261 (2026-12-03T04:00:00Z) nor a duration ago (30m, 24h)")
                 }
                 if item.name == "since" { result.since = instant } else { result.until = instant }
             case "limit":
