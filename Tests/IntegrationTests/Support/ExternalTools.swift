@@ -40,11 +40,10 @@ enum ExternalTools {
         _ executable: URL, _ arguments: [String], in directory: TemporaryDirectory,
         environment: [String: String] = [:], timeout: Duration = .seconds(60)
     ) async throws -> CommandResult {
-        let process = try TestProcess(
-            name: executable.lastPathComponent,
-            executable: URL(fileURLWithPath: "/bin/sh"),
-            arguments: ["-c", #"cd "$0" && exec "$@""#, directory.path, executable.path] + arguments,
-            environment: TestProcess.environment(adding: ["NO_COLOR": "1", "PYTHONDONTWRITEBYTECODE": "1"].merging(environment) { _, new in new }))
+        let process = try await TestProcess(
+            name: executable.lastPathComponent, executable: executable, arguments: arguments,
+            environment: TestProcess.environment(adding: ["NO_COLOR": "1", "PYTHONDONTWRITEBYTECODE": "1"].merging(environment) { _, new in new }),
+            workingDirectory: directory.path)
         do {
             let end = try await process.waitForExit(timeout: timeout)
             return CommandResult(

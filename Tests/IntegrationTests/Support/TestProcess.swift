@@ -9,11 +9,15 @@ typealias OutputStream = ProcessHarness.OutputStream
 
 extension ChildProcess {
     /// Starts one of the project's binaries, or any executable, with exactly `environment`.
-    convenience init(name: String, executable: URL, arguments: [String], environment: [String: String]) async throws {
+    convenience init(
+        name: String, executable: URL, arguments: [String], environment: [String: String], workingDirectory: String? = nil
+    ) async throws {
         guard FileManager.default.isExecutableFile(atPath: executable.path) else {
             throw HarnessError("\(name): no executable at \(executable.path); build it first (swift build --build-tests) or set MDEGATE_BIN_DIR")
         }
-        try await self.init(name: name, executable: executable.path, arguments: arguments, environment: environment)
+        try await self.init(
+            name: name, executable: executable.path, arguments: arguments, environment: environment,
+            workingDirectory: workingDirectory)
     }
 
     /// The environment children get: this process's, minus every `MDEGATE_` override that would
