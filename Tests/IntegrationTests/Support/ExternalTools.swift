@@ -40,19 +40,9 @@ enum ExternalTools {
         _ executable: URL, _ arguments: [String], in directory: TemporaryDirectory,
         environment: [String: String] = [:], timeout: Duration = .seconds(60)
     ) async throws -> CommandResult {
-        let process = try await TestProcess(
+        try await CommandResult.run(
             name: executable.lastPathComponent, executable: executable, arguments: arguments,
             environment: TestProcess.environment(adding: ["NO_COLOR": "1", "PYTHONDONTWRITEBYTECODE": "1"].merging(environment) { _, new in new }),
-            workingDirectory: directory.path)
-        do {
-            let end = try await process.waitForExit(timeout: timeout)
-            return CommandResult(
-                end: end,
-                stdout: process.lines(.stdout).joined(separator: "\n"),
-                stderr: process.lines(.stderr).joined(separator: "\n"))
-        } catch {
-            await process.stop()
-            throw error
-        }
+            workingDirectory: directory.path, timeout: timeout)
     }
 }

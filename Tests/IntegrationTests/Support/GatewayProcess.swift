@@ -207,19 +207,26 @@ struct CommandResult: Sendable, CustomStringConvertible {
 
     /// Runs `mdegate arguments` to the end (bounded in time) with a clean environment plus `environment`.
     static func run(_ arguments: [String], environment: [String: String] = [:]) async throws -> CommandResult {
+        try await run(
+            name: "mdegate \(arguments.first ?? "")", executable: Binaries.gateway, arguments: arguments,
+            environment: TestProcess.environment(adding: environment))
+    }
+
+    /// Runs any command to its end, bounded by `timeout`, with exactly `environment` and standard
+    /// input empty; kills it when the time is up.
+    static func run(
+        name: String, executable: URL, arguments: [String], environment: [String: String],
+        workingDirectory: String? = nil, timeout: Duration = .seconds(60)
+    ) async throws -> CommandResult {
         let process = try await TestProcess(
-            name: "mdegate \(arguments.first ?? "")",
-            executable: Binaries.gateway,
-            arguments: arguments,
-            environment: TestProcess.environment(adding: environment)
-        )
+            name: name, executable: executable, arguments: arguments, environment: environment,
+            workingDirectory: workingDirectory)
         do {
-            let end = try await process.waitForExit(timeout: .seconds(60))
+            let end = try await process.waitForExit(timeout: timeout)
             return CommandResult(
                 end: end,
                 stdout: process.lines(.stdout).joined(separator: "\n"),
-                stderr: process.lines(.stderr).joined(separator: "\n")
-            )
+                stderr: process.lines(.stderr).joined(separator: "\n"))
         } catch {
             await process.stop()
             throw error

@@ -32,18 +32,9 @@ enum SystemdTools {
 
     /// Runs `executable` to its end (bounded in time) and returns how it ended and what it printed.
     static func run(_ executable: URL, _ arguments: [String], timeout: Duration = .seconds(60)) async throws -> CommandResult {
-        let process = try await TestProcess(
+        try await CommandResult.run(
             name: executable.lastPathComponent, executable: executable, arguments: arguments,
-            environment: TestProcess.environment(adding: ["SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "cat", "LC_ALL": "C.UTF-8"]))
-        do {
-            let end = try await process.waitForExit(timeout: timeout)
-            return CommandResult(
-                end: end,
-                stdout: process.lines(.stdout).joined(separator: "\n"),
-                stderr: process.lines(.stderr).joined(separator: "\n"))
-        } catch {
-            await process.stop()
-            throw error
-        }
+            environment: TestProcess.environment(adding: ["SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "cat", "LC_ALL": "C.UTF-8"]),
+            timeout: timeout)
     }
 }
