@@ -4,7 +4,7 @@ import Testing
 
 /// The machine-action family end to end: the real daemon, its socket, libcurl and the simulator
 /// serving every route with a strict limit per API.
-@Suite("The machine-action family through the daemon: routes, a quota per API, crashes", .timeLimit(.minutes(5)))
+@Suite("The machine-action family through the daemon: routes, a quota per API, crashes", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct ActionFamilyTests {
     /// A machine id (40 hex digits), distinct per call.
     static func machineID() -> String {

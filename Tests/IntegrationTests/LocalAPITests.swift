@@ -3,7 +3,7 @@ import MDEGateTransport
 import Testing
 
 /// The local API's routes, as a tool on the host sees them through the Unix socket.
-@Suite("Local API: every route's contract", .timeLimit(.minutes(5)))
+@Suite("Local API: every route's contract", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct LocalAPITests {
     @Test("a synchronous cancel answers with the upstream's status and body, and names its request")
     func synchronousPassthrough() async throws {

@@ -2,7 +2,7 @@ import Foundation
 import Testing
 
 /// What the daemon writes to stderr, as journald and log shippers read it.
-@Suite("Logs: journald priorities and JSON lines", .timeLimit(.minutes(5)))
+@Suite("Logs: journald priorities and JSON lines", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct LoggingTests {
     @Test("with JOURNAL_STREAM naming its stderr, every line has a priority prefix and no timestamp; warnings are <4>")
     func journald() async throws {

@@ -4,7 +4,7 @@ import Testing
 
 /// The simulator's machine-action family, spoken to directly: every route, the limits per API,
 /// the small action state machine, the listing, faults per API and the counters.
-@Suite("Simulator: the machine-action family", .timeLimit(.minutes(5)))
+@Suite("Simulator: the machine-action family", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct SimulatorActionTests {
     /// Every POST on a machine: the path segment (in Microsoft's spelling), its body, the API name
     /// and the MachineAction it creates (type, scope).

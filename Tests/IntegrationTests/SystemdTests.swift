@@ -5,7 +5,7 @@ import Testing
 /// checkers of systemd-analyze, systemd-sysusers/-tmpfiles on a scratch root,
 /// systemd-socket-activate for socket activation, and a datagram socket of the test's own as
 /// `NOTIFY_SOCKET`.
-@Suite("systemd: units, socket activation and the notify protocol", .timeLimit(.minutes(5)))
+@Suite("systemd: units, socket activation and the notify protocol", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct SystemdTests {
     /// The command line the shipped unit runs, matching `make install`'s paths.
     static let installedCommand = "ExecStart=/usr/local/bin/mdegate serve --config /etc/mdegate/config.yaml"

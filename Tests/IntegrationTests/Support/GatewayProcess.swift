@@ -18,8 +18,11 @@ struct GatewayOptions: Sendable {
     var initialBackoff = "50ms"
     var maxBackoff = "200ms"
     var maxPending = 1000
-    var connectTimeout = "2s"
-    var requestTimeout = "5s"
+    /// libcurl's limits, longer on a slower build (`HarnessTime.scale`): an upstream answer that
+    /// is late because the simulator runs under a sanitizer must not turn into a timeout, a retry
+    /// and a second arrival.
+    var connectTimeout = "\(2 * HarnessTime.scale)s"
+    var requestTimeout = "\(5 * HarnessTime.scale)s"
     var maxConcurrency = 8
     var logLevel = "debug"
     /// `log.format`.
