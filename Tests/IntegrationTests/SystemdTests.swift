@@ -116,7 +116,8 @@ struct SystemdTests {
             let process = try TestProcess(
                 name: "systemd-socket-activate mdegate serve",
                 executable: SystemdTools.socketActivate!,
-                arguments: ["-l", activated, Binaries.gateway.path, "serve", "--config", configPath],
+                arguments: ["-l", activated] + SystemdTools.socketActivateSanitizerArguments
+                    + [Binaries.gateway.path, "serve", "--config", configPath],
                 environment: TestProcess.environment())
             do {
                 try await process.waitForLine(containing: "Listening on \(activated)")
