@@ -17,6 +17,8 @@ struct LoggingTests {
             let refused = try await rig.client.cancel("not-a-guid")
             #expect(refused.status == 400)
             try await rig.gateway.process.waitForLine(containing: "request finished")
+            // The answer can reach the test before the log line does.
+            try await rig.gateway.process.waitForLine(containing: "request refused")
             let lines = rig.gateway.process.lines(.stderr).filter { !$0.isEmpty }
             #expect(!lines.isEmpty)
             for line in lines {
