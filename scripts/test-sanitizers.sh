@@ -33,9 +33,11 @@ symbolizer="$(dirname "$(readlink -f "$(command -v swift)")")/llvm-symbolizer"
 
 # The tests run the sanitizer build's daemon and simulator, never .build's.
 export MDEGATE_BIN_DIR="$bin"
-# The harness waits this many times longer for a line, an exit or a state (daemons start and
-# answer 2-5 times slower under a sanitizer); no test judges a duration by it.
-export MDEGATE_TEST_TIME_SCALE="${MDEGATE_TEST_TIME_SCALE:-4}"
+# The harness waits this many times longer for a line, an exit or a state, and each test's
+# time limit grows as much (processes start and answer 2-5 times slower under ASan, more under
+# TSan); no test judges a duration by it.
+if [ "$sanitizer" = address ]; then default_scale=4; else default_scale=8; fi
+export MDEGATE_TEST_TIME_SCALE="${MDEGATE_TEST_TIME_SCALE:-$default_scale}"
 # The sanitizer prints the stacks. Swift's own backtracer would start on the abort that ends a
 # report, and its memory server's reads are what ASan calls wild: a second, false report, and
 # up to 30 s of waiting per process.

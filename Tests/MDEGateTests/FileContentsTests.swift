@@ -5,7 +5,7 @@ import Testing
 
 @testable import MDEGate
 
-@Suite("Reading the configuration and credential files", .timeLimit(.minutes(1)))
+@Suite("Reading the configuration and credential files", .timeLimit(.minutes(SuiteTime.minutes)))
 struct FileContentsTests {
     /// A directory of the test's own, removed afterwards.
     private func withDirectory<T>(_ body: (String) throws -> T) throws -> T {
