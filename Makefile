@@ -1,5 +1,5 @@
 # mdegate — the two quick-start commands, plus benchmarks.
-.PHONY: run test bench build clean install
+.PHONY: run test test-sanitizers bench build clean install
 
 ## Build, then run the MDE simulator and the gateway (config/local.yaml) in the foreground.
 run:
@@ -8,6 +8,11 @@ run:
 ## Install what the build needs (apt), build, and run every test.
 test:
 	scripts/test.sh
+
+## The unit and integration suites on an AddressSanitizer build (.build-asan); SANITIZER=thread
+## for ThreadSanitizer (.build-tsan). A report in any process, the daemon included, fails the run.
+test-sanitizers:
+	scripts/test-sanitizers.sh
 
 ## Measure the quota figures (the performance targets in docs/benchmarks.md) in a release build: one
 ## gateway, then three sharing one quota in PostgreSQL; latency measures nginx-light's proxy_pass next
@@ -24,7 +29,7 @@ build:
 	swift build
 
 clean:
-	rm -rf .build run
+	rm -rf .build .build-asan .build-tsan run
 
 ## Install the release binary (Swift runtime linked in: no toolchain needed on the host), the systemd units and an example config (as root; DESTDIR-aware).
 ## Units, sysusers.d and tmpfiles.d go under $(PREFIX)/lib, where systemd looks for them and

@@ -175,7 +175,8 @@ let package = Package(
         .testTarget(
             name: "MDEGateTests",
             dependencies: [
-                "MDEGate", "MDEGateWire", "MDEGateClient", .product(name: "HTTPTypes", package: "swift-http-types"),
+                "MDEGate", "MDEGateWire", "MDEGateClient", "ProcessHarness",
+                .product(name: "HTTPTypes", package: "swift-http-types"),
             ]
         ),
         .testTarget(

@@ -30,11 +30,11 @@ struct ConfigurationFile: ConfigProvider {
         }
         let data: Data
         do {
-            data = try Data(contentsOf: URL(fileURLWithPath: path))
+            data = Data(try FileContents.read(atPath: path))
         } catch {
             throw ConfigurationError(
                 key: nil,
-                message: "configuration file \(path) cannot be read (\(error.localizedDescription)); "
+                message: "configuration file \(path) cannot be read (\(error)); "
                     + "check its permissions: the mdegate user needs to read it")
         }
         // A file whose every line is commented out is a valid, empty configuration, but YAML

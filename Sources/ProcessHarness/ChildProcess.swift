@@ -195,15 +195,39 @@ public final class ChildProcess: Sendable {
     }
 }
 
+/// How many times longer than written the harness waits before it gives up:
+/// `MDEGATE_TEST_TIME_SCALE` (a whole number, at least 1), else 1. A sanitizer build runs the
+/// daemon and the simulator several times slower, so `scripts/test-sanitizers.sh` sets it; the
+/// limits stay as written for everyone else. Only the bounds of waits grow: no test judges a
+/// duration by them.
+public enum HarnessTime {
+    public static let scale: Int = {
+        guard let text = getenv("MDEGATE_TEST_TIME_SCALE").map({ String(cString: $0) }), !text.isEmpty else { return 1 }
+        guard let scale = Int(text), scale >= 1 else {
+            fatalError("MDEGATE_TEST_TIME_SCALE must be a whole number of at least 1, not '\(text)'")
+        }
+        return scale
+    }()
+
+    public static func scaled(_ limit: Duration) -> Duration {
+        limit * scale
+    }
+
+    /// Each integration test's time limit (`.timeLimit`), which includes waiting for its share
+    /// of the machine: 5 minutes, times `scale`.
+    public static var suiteMinutes: Int { 5 * scale }
+}
+
 /// Runs `operation` and fails with a `ChildProcessError` naming `what` when it takes longer than
-/// `limit`: a broken process fails the caller instead of hanging it. `operation` must end when
-/// its task is cancelled (task sleeps and the harness's waits do).
+/// `limit` (times `HarnessTime.scale`): a broken process fails the caller instead of hanging it.
+/// `operation` must end when its task is cancelled (task sleeps and the harness's waits do).
 public func withTimeout<T: Sendable>(
     _ limit: Duration,
     _ what: String,
     _ operation: @escaping @Sendable () async throws -> T
 ) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
+    let limit = HarnessTime.scaled(limit)
+    return try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask { try await operation() }
         group.addTask {
             try await Task.sleep(for: limit)

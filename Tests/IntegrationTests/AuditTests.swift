@@ -3,7 +3,7 @@ import Testing
 
 /// The audit listing against a daemon with a known history: `GET /v1/requests` and
 /// `mdegate requests`, with their filters and pages.
-@Suite("Audit listing", .timeLimit(.minutes(5)))
+@Suite("Audit listing", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct AuditTests {
     @Test("mdegate requests filters by client, state and time, pages with --cursor, and refuses a bad filter by name")
     func listing() async throws {

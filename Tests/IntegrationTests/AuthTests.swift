@@ -5,7 +5,7 @@ import Testing
 /// The gateway against the simulator over HTTPS, as against Microsoft: OAuth2 client credentials
 /// (secret and certificate), token refresh, a refused token, a login outage, TLS trust and the
 /// proxy. Every test runs the real daemon with the test CA as `upstream.ca_file`.
-@Suite("OAuth2, certificates, TLS and proxies", .timeLimit(.minutes(5)))
+@Suite("OAuth2, certificates, TLS and proxies", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct AuthTests {
     /// The options for OAuth2 with `credential` against the rig's HTTPS simulator.
     static func oauth(_ credential: GatewayOptions.Credential? = nil) -> (SimulatorProcess, TestPKI?, GatewayOptions) async throws

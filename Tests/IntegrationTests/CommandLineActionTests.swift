@@ -8,7 +8,7 @@ import Testing
 /// upstream is called, so the record shows exactly what the command asked for whatever the
 /// upstream then says. The tests marked "[simulator machine routes]" need the simulator to serve
 /// Microsoft's machine routes.
-@Suite("Command line: the machine-action family", .timeLimit(.minutes(5)))
+@Suite("Command line: the machine-action family", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct CommandLineActionTests {
     @Test("a typo fails before the gateway is called: exit 64 and a message that says what was expected", arguments: CommandLineTypo.all)
     func typoFailsLocally(_ typo: CommandLineTypo) async throws {

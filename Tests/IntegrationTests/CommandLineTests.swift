@@ -2,7 +2,7 @@ import Foundation
 import Testing
 
 /// The `mdegate` command line, as an operator or a shell script uses it.
-@Suite("Command line: cancel, status, request, check-config", .timeLimit(.minutes(5)))
+@Suite("Command line: cancel, status, request, check-config", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct CommandLineTests {
     @Test("mdegate cancel prints the upstream's JSON and exits 0 (socket from MDEGATE_SOCKET)")
     func cancelSucceeds() async throws {
@@ -174,7 +174,7 @@ struct CommandLineTests {
 }
 
 /// The daemon's own lifetime.
-@Suite("Daemon: start-up and shutdown", .timeLimit(.minutes(5)))
+@Suite("Daemon: start-up and shutdown", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct DaemonLifecycleTests {
     @Test("mdegate serve with an invalid configuration exits non-zero and names the key", arguments: InvalidConfiguration.all)
     func serveRefusesInvalidConfiguration(_ invalid: InvalidConfiguration) async throws {

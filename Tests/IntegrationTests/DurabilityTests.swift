@@ -3,7 +3,7 @@ import MDEGateTransport
 import Testing
 
 /// What survives a crash, and what a reload changes.
-@Suite("Durability and reload: kill -9, restart, SIGHUP", .timeLimit(.minutes(5)))
+@Suite("Durability and reload: kill -9, restart, SIGHUP", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct DurabilityTests {
     /// Runs `body` with a second daemon started on the rig's directory (same socket, same state),
     /// and stops that daemon afterwards.

@@ -4,7 +4,7 @@ import ProcessHarness
 import Testing
 
 /// The harness itself, against the simulator alone: if these fail, every other failure is suspect.
-@Suite("Harness: the simulator as the tests drive it", .timeLimit(.minutes(5)))
+@Suite("Harness: the simulator as the tests drive it", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct HarnessTests {
     @Test("the simulator starts on a free port, answers a cancel, counts the arrival, and counts a call over its limit as a violation")
     func simulatorCountsArrivals() async throws {

@@ -2,7 +2,7 @@ import Foundation
 import Testing
 
 /// What the daemon writes to stderr, as journald and log shippers read it.
-@Suite("Logs: journald priorities and JSON lines", .timeLimit(.minutes(5)))
+@Suite("Logs: journald priorities and JSON lines", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct LoggingTests {
     @Test("with JOURNAL_STREAM naming its stderr, every line has a priority prefix and no timestamp; warnings are <4>")
     func journald() async throws {
@@ -17,6 +17,8 @@ struct LoggingTests {
             let refused = try await rig.client.cancel("not-a-guid")
             #expect(refused.status == 400)
             try await rig.gateway.process.waitForLine(containing: "request finished")
+            // The answer can reach the test before the log line does.
+            try await rig.gateway.process.waitForLine(containing: "request refused")
             let lines = rig.gateway.process.lines(.stderr).filter { !$0.isEmpty }
             #expect(!lines.isEmpty)
             for line in lines {

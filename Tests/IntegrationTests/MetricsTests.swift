@@ -5,7 +5,7 @@ import Testing
 /// Prometheus metrics: `GET /metrics` on the socket and on `metrics.address`, the counts a
 /// known history gives, the exposition checked by promtool, and a real Prometheus server
 /// scraping the daemon.
-@Suite("Metrics", .timeLimit(.minutes(5)))
+@Suite("Metrics", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct MetricsTests {
     /// A 429 then a 200 for one cancel, a 404 for another, and a refused id: a history whose
     /// every count is known.

@@ -3,7 +3,7 @@ import MDEGateTransport
 import Testing
 
 /// The quota promise and the scheduling between tools, judged by a strict upstream.
-@Suite("Scheduling: exact quota, fairness, coalescing, bounded queue", .timeLimit(.minutes(5)))
+@Suite("Scheduling: exact quota, fairness, coalescing, bounded queue", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct SchedulingTests {
     @Test("a burst of 36 distinct cancels under 5/1s + 12/4s all succeed with zero violations upstream")
     func saturatingBurst() async throws {

@@ -7,7 +7,7 @@ import Testing
 /// Several `mdegate serve` processes sharing one quota in a real PostgreSQL server, judged by one
 /// strict simulator: the quota holds across hosts, a 429 pauses them all, and a database or a
 /// host that goes away loses nothing and never overspends.
-@Suite("Shared quota: several gateways, one ledger in PostgreSQL", .serialized, .timeLimit(.minutes(5)))
+@Suite("Shared quota: several gateways, one ledger in PostgreSQL", .serialized, .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct SharedQuotaGatewayTests {
     static let strict = ["--limit", "5/1s", "--limit", "12/4s", "--retry-after", "1"]
     static let limits = [(calls: 5, seconds: 1.0), (calls: 12, seconds: 4.0)]
@@ -225,7 +225,7 @@ struct SharedQuotaGatewayTests {
 
 /// What an operator sees when the shared quota is configured wrong: `check-config` and the
 /// daemon name the key and the reason, and never print the password.
-@Suite("Shared quota: bad configuration", .serialized, .timeLimit(.minutes(5)))
+@Suite("Shared quota: bad configuration", .serialized, .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct SharedQuotaConfigurationTests {
     static let password = "pw-Zq81-never-shown"
 

@@ -8,7 +8,7 @@ import Testing
 /// The shared ledger against a real PostgreSQL server (started per test, see `TestPostgres`).
 /// One test at a time: five `initdb`s at once load 2 cores enough to starve other suites' tests
 /// that watch for a short state (a 2 s pause after a 429).
-@Suite("Shared quota in PostgreSQL: one ledger for several hosts", .serialized, .timeLimit(.minutes(5)))
+@Suite("Shared quota in PostgreSQL: one ledger for several hosts", .serialized, .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct SharedQuotaTests {
     static let logger: Logger = {
         var logger = Logger(label: "test")

@@ -4,7 +4,7 @@ import Testing
 
 /// The simulator's machine-action family, spoken to directly: every route, the limits per API,
 /// the small action state machine, the listing, faults per API and the counters.
-@Suite("Simulator: the machine-action family", .timeLimit(.minutes(5)))
+@Suite("Simulator: the machine-action family", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct SimulatorActionTests {
     /// Every POST on a machine: the path segment (in Microsoft's spelling), its body, the API name
     /// and the MachineAction it creates (type, scope).
@@ -231,8 +231,9 @@ struct SimulatorActionTests {
     @Test("a created action goes Pending, InProgress, Succeeded on reads; a finished one cannot be cancelled and no longer blocks a new one")
     func stateMachine() async throws {
         // InProgress lasts 4 s: wide enough that a test starved for a moment (a busy suite on 2
-        // cores) still sees it, and the second isolate still finds the first one active.
-        try await withActionSimulator(["--action-duration", "8s"]) { simulator in
+        // cores) still sees it, and the second isolate still finds the first one active. A
+        // sanitizer build's simulator answers slower: the duration grows with HarnessTime.scale.
+        try await withActionSimulator(["--action-duration", "\(8 * HarnessTime.scale)s"]) { simulator in
             let machine = simulatorMachineID()
             let created = try await simulator.isolate(machine)
             #expect(created.status == 201, "\(created.summary)")
@@ -244,7 +245,7 @@ struct SimulatorActionTests {
             let started = try await eventually("the action to leave Pending", { try await simulator.machineActionState(id).json() }) {
                 $0["status"]?.string != "Pending"
             }
-            #expect(started["status"]?.string == "InProgress", "an 8s action is InProgress for 4 s: \(started)")
+            #expect(started["status"]?.string == "InProgress", "an action is InProgress for its second half: \(started)")
             let startedAt = try #require(started["lastUpdateDateTimeUtc"]?.string)
             #expect(startedAt > creation, "\(started)")
             #expect(started["creationDateTimeUtc"]?.string == creation, "\(started)")

@@ -7,7 +7,7 @@ import Testing
 ///
 /// Client assertions here are built with the `openssl` command, independently of the gateway's
 /// Swift implementation, so each side is checked against something it does not share.
-@Suite("Simulator: HTTPS, certificate credentials, auth faults and the CONNECT proxy", .timeLimit(.minutes(5)))
+@Suite("Simulator: HTTPS, certificate credentials, auth faults and the CONNECT proxy", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct SimulatorAuthTests {
     // MARK: HTTPS
 

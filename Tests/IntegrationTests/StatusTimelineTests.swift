@@ -2,7 +2,7 @@ import Foundation
 import Testing
 
 /// `mdegate status`'s last hour, and `--watch`.
-@Suite("Status: the last hour and --watch", .timeLimit(.minutes(5)))
+@Suite("Status: the last hour and --watch", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct StatusTimelineTests {
     @Test("status draws the hour's attempts per minute with the 429 marked; a restart keeps the picture")
     func lastHour() async throws {

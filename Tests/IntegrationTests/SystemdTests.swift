@@ -5,7 +5,7 @@ import Testing
 /// checkers of systemd-analyze, systemd-sysusers/-tmpfiles on a scratch root,
 /// systemd-socket-activate for socket activation, and a datagram socket of the test's own as
 /// `NOTIFY_SOCKET`.
-@Suite("systemd: units, socket activation and the notify protocol", .timeLimit(.minutes(5)))
+@Suite("systemd: units, socket activation and the notify protocol", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct SystemdTests {
     /// The command line the shipped unit runs, matching `make install`'s paths.
     static let installedCommand = "ExecStart=/usr/local/bin/mdegate serve --config /etc/mdegate/config.yaml"
@@ -116,7 +116,8 @@ struct SystemdTests {
             let process = try await TestProcess(
                 name: "systemd-socket-activate mdegate serve",
                 executable: SystemdTools.socketActivate!,
-                arguments: ["-l", activated, Binaries.gateway.path, "serve", "--config", configPath],
+                arguments: ["-l", activated] + SystemdTools.socketActivateSanitizerArguments
+                    + [Binaries.gateway.path, "serve", "--config", configPath],
                 environment: TestProcess.environment())
             do {
                 try await process.waitForLine(containing: "Listening on \(activated)")

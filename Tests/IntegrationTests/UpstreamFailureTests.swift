@@ -3,7 +3,7 @@ import MDEGateTransport
 import Testing
 
 /// What the gateway does when the upstream fails, refuses or stays silent.
-@Suite("Upstream failures: retries, 429 pause, no answer", .timeLimit(.minutes(5)))
+@Suite("Upstream failures: retries, 429 pause, no answer", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct UpstreamFailureTests {
     @Test("5xx answers are retried, and every attempt is recorded (attempts == upstream arrivals)")
     func retriedUntilSuccess() async throws {

@@ -3,7 +3,7 @@ import MDEGateTransport
 import Testing
 
 /// Bad input is refused at the door: it never reaches the upstream and never spends quota.
-@Suite("Validation: bad input never reaches the upstream", .timeLimit(.minutes(5)))
+@Suite("Validation: bad input never reaches the upstream", .timeLimit(.minutes(HarnessTime.suiteMinutes)))
 struct ValidationTests {
     /// The promise every test here ends with.
     private func expectNothingSpent(_ rig: TestRig, sourceLocation: SourceLocation = #_sourceLocation) async throws {

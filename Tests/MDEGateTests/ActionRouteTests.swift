@@ -11,7 +11,7 @@ import Testing
 
 /// The machine-action family through the local API, in process: a scripted upstream records
 /// every call, so each route's path, body and validation are checked without a socket.
-@Suite("Machine-action routes: one table, one ledger per API", .timeLimit(.minutes(1)))
+@Suite("Machine-action routes: one table, one ledger per API", .timeLimit(.minutes(SuiteTime.minutes)))
 struct ActionRouteTests {
     static let machine = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07"
     static let otherMachine = "2e5bc9d7e413ddd7902c2932e418702b84d0cc07"

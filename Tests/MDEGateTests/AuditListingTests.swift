@@ -7,7 +7,7 @@ import Testing
 
 /// The audit listing's filters and pages, on the SQLite store (with its indexes) and on the
 /// in-memory one, which must agree.
-@Suite("The audit listing", .timeLimit(.minutes(1)))
+@Suite("The audit listing", .timeLimit(.minutes(SuiteTime.minutes)))
 struct AuditListingTests {
     enum Kind: String, CaseIterable, CustomTestStringConvertible {
         case sqlite, memory

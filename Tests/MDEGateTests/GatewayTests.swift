@@ -10,7 +10,7 @@ import Testing
 
 /// The gateway in process: a scripted upstream, a store the test controls, and the real
 /// scheduler, event loop and commit cycle.
-@Suite("The gateway in process", .timeLimit(.minutes(1)))
+@Suite("The gateway in process", .timeLimit(.minutes(SuiteTime.minutes)))
 struct GatewayTests {
     @Test("a request admitted while a slot is free is stored with its attempt in one commit, then sent")
     func admissionAndAttemptInOneCommit() async throws {

@@ -19,7 +19,7 @@ func offlineGateway(store: any GatewayStore, transport: CurlTransport) -> Gatewa
         logger: Logger(label: "test"))
 }
 
-@Suite("Start-up from stored state", .timeLimit(.minutes(1)))
+@Suite("Start-up from stored state", .timeLimit(.minutes(SuiteTime.minutes)))
 struct RecoveryTests {
     @Test("queued and interrupted requests come back in order, coalesced ones with their job, and the ledger stays spent")
     func restoresUnfinishedWork() async throws {
@@ -80,7 +80,7 @@ func eventuallyTrue(_ what: String, _ condition: () async throws -> Bool) async 
     return false
 }
 
-@Suite("Writes that fail", .timeLimit(.minutes(1)))
+@Suite("Writes that fail", .timeLimit(.minutes(SuiteTime.minutes)))
 struct FailedWriteTests {
     @Test("a change whose write failed is written with the next batch, in its newest state, and a failed admission is refused")
     func failedWritesAreWrittenLater() async throws {

@@ -6,7 +6,7 @@ import Testing
 
 @testable import MDEGate
 
-@Suite("The SQLite store", .timeLimit(.minutes(1)))
+@Suite("The SQLite store", .timeLimit(.minutes(SuiteTime.minutes)))
 struct SQLiteStoreTests {
     /// A fresh directory per test, removed afterwards.
     final class Scratch {

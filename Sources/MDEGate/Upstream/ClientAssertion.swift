@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import JWTKit
+import MDEGateConfig
 import SwiftASN1
 import X509
 import _CryptoExtras
@@ -84,7 +85,7 @@ public struct ClientAssertionSigner: Sendable {
     }
 
     private static func read(_ path: String, key: String) throws(TokenError) -> String {
-        guard let data = FileManager.default.contents(atPath: path) else {
+        guard let data = try? FileContents.read(atPath: path) else {
             throw TokenError(message: "cannot read \(key) \(path): the file does not exist or is not readable by this user")
         }
         return String(decoding: data, as: UTF8.self)

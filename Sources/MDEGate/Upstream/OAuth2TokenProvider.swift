@@ -1,4 +1,5 @@
 import Foundation
+import MDEGateConfig
 import Logging
 import MDEGateCore
 import MDEGateTransport
@@ -233,7 +234,7 @@ public final class OAuth2TokenProvider: TokenSource {
     }
 
     static func readSecret(_ path: String) throws(TokenError) -> String {
-        guard let data = FileManager.default.contents(atPath: path) else {
+        guard let data = try? FileContents.read(atPath: path) else {
             throw TokenError(message: "cannot read the client secret file \(path): it does not exist or is not readable by this user")
         }
         let secret = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)

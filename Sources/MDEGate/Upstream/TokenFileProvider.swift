@@ -1,4 +1,5 @@
 import Foundation
+import MDEGateConfig
 import MDEGateCore
 import Synchronization
 
@@ -50,7 +51,7 @@ public final class TokenFileProvider: TokenSource {
         }) {
             return .success(cached)
         }
-        guard let data = FileManager.default.contents(atPath: path) else {
+        guard let data = try? FileContents.read(atPath: path) else {
             return fail("cannot read auth.token_file \(path): permission denied or not a file")
         }
         let token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)

@@ -12,14 +12,18 @@ struct GatewayOptions: Sendable {
     /// than 30 ms when the machine is busy (in a full run the in-process property tests take both
     /// cores for their first 20 s, whatever `alone` says), and a lag beyond the guard can put one
     /// arrival too many into a window: that would be the machine's doing, not the gateway's. The
-    /// benchmarks measure with 30 ms.
-    static let strictUpstreamGuard = "100ms"
+    /// benchmarks measure with 30 ms. A sanitizer build lags more (the sanitized simulator
+    /// accepts and reads slower): the guard grows with `HarnessTime.scale`.
+    static let strictUpstreamGuard = "\(100 * HarnessTime.scale)ms"
     var maxAttempts = 4
     var initialBackoff = "50ms"
     var maxBackoff = "200ms"
     var maxPending = 1000
-    var connectTimeout = "2s"
-    var requestTimeout = "5s"
+    /// libcurl's limits, longer on a slower build (`HarnessTime.scale`): an upstream answer that
+    /// is late because the simulator runs under a sanitizer must not turn into a timeout, a retry
+    /// and a second arrival.
+    var connectTimeout = "\(2 * HarnessTime.scale)s"
+    var requestTimeout = "\(5 * HarnessTime.scale)s"
     var maxConcurrency = 8
     var logLevel = "debug"
     /// `log.format`.

@@ -20,7 +20,8 @@ final class HTTPClient: Sendable {
     ) throws {
         self.baseURL = baseURL
         transport = try CurlTransport(configuration: .init(
-            connectTimeout: .seconds(5),
+            // A sanitizer build's simulator can take seconds for a TLS handshake.
+            connectTimeout: HarnessTime.scaled(.seconds(5)),
             requestTimeout: requestTimeout,
             // Enough connections that concurrent calls in a test are concurrent at the server.
             maxConcurrency: 64,

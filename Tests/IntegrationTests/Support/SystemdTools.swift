@@ -17,6 +17,16 @@ enum SystemdTools {
         .deletingLastPathComponent()  // the package
         .appendingPathComponent("systemd", isDirectory: true)
 
+    /// `-E NAME` for each sanitizer setting in this process's environment: systemd-socket-activate
+    /// hands the daemon only PATH, HOME, USER, TERM and what `-E` names, and a sanitizer build's
+    /// daemon must report where `scripts/test-sanitizers.sh` looks.
+    static var socketActivateSanitizerArguments: [String] {
+        let environment = ProcessInfo.processInfo.environment
+        return ["ASAN_OPTIONS", "LSAN_OPTIONS", "TSAN_OPTIONS", "ASAN_SYMBOLIZER_PATH", "TSAN_SYMBOLIZER_PATH"]
+            .filter { environment[$0] != nil }
+            .flatMap { ["-E", $0] }
+    }
+
     static func unitFile(_ name: String) -> URL {
         unitDirectory.appendingPathComponent(name)
     }
