@@ -32,8 +32,9 @@ public struct LogLineFormat: Sendable, Equatable {
         }
     }
 
-    /// One line, newline included.
-    func line(
+    /// One line, newline included. Public so that the request fuzzer (Fuzz/) renders every
+    /// event the way the daemon writes it, and checks that it stays one line.
+    public func line(
         time: Date, level: Logger.Level, label: String, message: Logger.Message, metadata: Logger.Metadata,
         source: String
     ) -> String {
