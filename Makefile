@@ -1,5 +1,5 @@
 # mdegate — the two quick-start commands, plus benchmarks.
-.PHONY: run test bench build clean install
+.PHONY: run test bench build clean install fuzz
 
 ## Build, then run the MDE simulator and the gateway (config/local.yaml) in the foreground.
 run:
@@ -18,6 +18,11 @@ bench:
 	$$(swift build -c release --show-bin-path $(BUILDFLAGS))/mdegate-bench burst
 	$$(swift build -c release --show-bin-path $(BUILDFLAGS))/mdegate-bench shared --hosts 3
 	$$(swift build -c release --show-bin-path $(BUILDFLAGS))/mdegate-bench latency
+
+## Coverage-guided fuzzing (libFuzzer, AddressSanitizer): the request path and the configuration,
+## FUZZ_SECONDS (default 120) per target, on copies of Fuzz/Corpus; prints executions per target.
+fuzz:
+	scripts/fuzz.sh
 
 build:
 	scripts/install-deps.sh
