@@ -1,5 +1,5 @@
 # mdegate — the two quick-start commands, plus benchmarks.
-.PHONY: run test test-sanitizers bench build clean install
+.PHONY: run test test-sanitizers fuzz bench build clean install
 
 ## Build, then run the MDE simulator and the gateway (config/local.yaml) in the foreground.
 run:
@@ -23,6 +23,11 @@ bench:
 	$$(swift build -c release --show-bin-path $(BUILDFLAGS))/mdegate-bench burst
 	$$(swift build -c release --show-bin-path $(BUILDFLAGS))/mdegate-bench shared --hosts 3
 	$$(swift build -c release --show-bin-path $(BUILDFLAGS))/mdegate-bench latency
+
+## Coverage-guided fuzzing (libFuzzer, AddressSanitizer): the request path and the configuration,
+## FUZZ_SECONDS (default 120) per target, on copies of Fuzz/Corpus; prints executions per target.
+fuzz:
+	scripts/fuzz.sh
 
 build:
 	scripts/install-deps.sh

@@ -8,6 +8,9 @@ let package = Package(
         .executable(name: "mdegate", targets: ["mdegate"]),
         .executable(name: "mde-simulator", targets: ["MDESimulator"]),
         .executable(name: "mdegate-bench", targets: ["MDEGateBench"]),
+        // For the fuzz targets in Fuzz/, a package of their own that depends on this one.
+        .library(name: "MDEGate", targets: ["MDEGate"]),
+        .library(name: "MDEGateConfig", targets: ["MDEGateConfig"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),

@@ -232,7 +232,7 @@ struct SettingsReader {
         case (nil, nil):
             if auth.clientSecretFile == nil {
                 if let directory = environment["CREDENTIALS_DIRECTORY"], !directory.isEmpty {
-                    auth.clientSecretFile = directory + "/client-secret"
+                    auth.clientSecretFile = absolute(directory + "/client-secret")
                 } else {
                     fail(.authClientSecretFile, "is not set and $CREDENTIALS_DIRECTORY is not set; set it to a file holding the client secret, or have systemd load it with LoadCredential=client-secret:PATH")
                 }
@@ -322,7 +322,7 @@ struct SettingsReader {
         if shared.passwordFile == nil, let directory = environment["CREDENTIALS_DIRECTORY"], !directory.isEmpty,
             FileManager.default.fileExists(atPath: directory + "/postgres-password")
         {
-            shared.passwordFile = directory + "/postgres-password"
+            shared.passwordFile = absolute(directory + "/postgres-password")
         }
         if let text = text(.sharedQuotaKey) {
             if Self.isLedgerName(text, maxLength: 200) {
@@ -496,11 +496,23 @@ struct SettingsReader {
         return duration
     }
 
-    /// A file path, made absolute against the working directory.
+    /// A file path, made absolute against the working directory. A NUL (YAML can write one,
+    /// `"\0"`) is refused: Foundation would quietly turn it into `%00`, another file's name.
     mutating func path(_ key: ConfigurationKey) -> String? {
         guard let text = text(key) else { return nil }
+        guard !text.unicodeScalars.contains("\0") else {
+            fail(key, "contains a NUL character, which no file path can hold; write the path without it")
+            return nil
+        }
+        return absolute(text)
+    }
+
+    /// `path` resolved against the working directory and standardized: what the daemon opens,
+    /// and what `check-config` prints, for every path, including those built from
+    /// `$CREDENTIALS_DIRECTORY`.
+    func absolute(_ path: String) -> String {
         let base = URL(fileURLWithPath: workingDirectory, isDirectory: true)
-        return URL(fileURLWithPath: text, relativeTo: base).standardizedFileURL.path
+        return URL(fileURLWithPath: path, relativeTo: base).standardizedFileURL.path
     }
 
     /// Checks an absolute http(s) URL and returns it without a trailing slash. `http://` is

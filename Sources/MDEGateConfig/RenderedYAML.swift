@@ -97,6 +97,10 @@ extension GatewayConfiguration {
 
 /// YAML double-quoted scalars: the one form that can hold any string without surprises
 /// (`no`, `0660`, `: ` and `#` are all plain text inside it).
+///
+/// What YAML does not read back as itself is escaped: control characters; NEL, LS and PS,
+/// which a YAML reader takes for line breaks and folds into a space; and the C1 controls, the
+/// byte order mark and U+FFFE/U+FFFF, which it refuses inside a document.
 enum YAMLText {
     static func quoted(_ text: String) -> String {
         var result = "\""
@@ -109,6 +113,9 @@ enum YAMLText {
             case "\r": result += "\\r"
             case _ where scalar.value < 0x20 || scalar.value == 0x7F:
                 result += "\\x" + (scalar.value < 0x10 ? "0" : "") + String(scalar.value, radix: 16, uppercase: true)
+            case _ where (0x80...0x9F).contains(scalar.value) || [0x2028, 0x2029, 0xFEFF, 0xFFFE, 0xFFFF].contains(scalar.value):
+                let digits = String(scalar.value, radix: 16, uppercase: true)
+                result += "\\u" + String(repeating: "0", count: 4 - digits.count) + digits
             default: result.unicodeScalars.append(scalar)
             }
         }

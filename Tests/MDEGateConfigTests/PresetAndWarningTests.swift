@@ -155,6 +155,17 @@ struct RenderingTests {
         #expect(reloaded.auth.tokenFile == "/tmp/a \"quoted\" #path\\x: no")
     }
 
+    @Test("characters YAML folds into a space (NEL, LS, PS) or refuses (C1 controls, BOM) survive rendering (found with FuzzConfig)")
+    func breaksAndRefusedCharacters() throws {
+        let value = "/tmp/a\u{85}b\u{2028}c\u{2029}d\u{80}e\u{9F}f\u{FEFF}g"
+        let awkward = try load(nil, environment: ["MDEGATE_AUTH_TOKEN_FILE": value]).configuration
+        #expect(awkward.auth.tokenFile?.unicodeScalars.contains("\u{85}") == true)
+        let rendered = awkward.renderedYAML()
+        #expect(rendered.contains(#"\u0085b\u2028c\u2029d\u0080e\u009Ff\uFEFFg""#))
+        let reloaded = try load(rendered, environment: [:]).configuration
+        #expect(reloaded == awkward)
+    }
+
     @Test("a reload keeps socket and state, and lists them as needing a restart")
     func reload() throws {
         let running = try load(nil).configuration

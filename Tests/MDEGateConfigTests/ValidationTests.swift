@@ -152,6 +152,27 @@ struct CredentialTests {
     static let tenant = "11111111-2222-3333-4444-555555555555"
     static let client = "2f8f1a6e-6c5b-4d3e-9a10-1b2c3d4e5f60"
 
+    @Test("a relative $CREDENTIALS_DIRECTORY gives an absolute secret path, which check-config's output keeps (found by FuzzConfig)")
+    func relativeCredentialsDirectory() throws {
+        let loaded = try load(
+            "auth:\n  tenant_id: \(Self.tenant)\n  client_id: \(Self.client)\n",
+            environment: ["CREDENTIALS_DIRECTORY": "credentials/./mdegate.service"])
+        #expect(loaded.configuration.auth.clientSecretFile == "/srv/credentials/mdegate.service/client-secret")
+        // Loaded again elsewhere, the rendered file still names the same secret.
+        let directory = try TemporaryDirectory()
+        let rendered = try directory.write(loaded.configuration.renderedYAML())
+        let reloaded = try GatewayConfiguration.load(path: rendered, environment: [:], workingDirectory: "/elsewhere")
+        #expect(reloaded.configuration == loaded.configuration)
+    }
+
+    @Test("a path with a NUL is refused, not quietly turned into %00 (found by FuzzConfig)")
+    func pathWithNUL() {
+        // YAML's "\0" is a NUL.
+        let error = refusal("auth:\n  token_file: \"/run/mdegate/to\\0ken\"\n", environment: [:])
+        #expect(error?.keys.first == "auth.token_file")
+        #expect(error?.description.contains("NUL") == true)
+    }
+
     @Test("the client secret defaults to $CREDENTIALS_DIRECTORY/client-secret")
     func credentialsDirectory() throws {
         let loaded = try load(

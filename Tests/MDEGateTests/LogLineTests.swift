@@ -51,6 +51,27 @@ struct LogLineTests {
         #expect(stripped["time"] == nil, "journald stamps the line itself")
     }
 
+    @Test("what a client sent stays inside its line: no forged line, no forged journal priority")
+    func clientControlCharacters() {
+        // What the local API logs for `GET /v1/requests?uid=%0A%3C0%3Eforged%0D`: the decoded
+        // query value, quoted in the reason.
+        let metadata: Logger.Metadata = ["reason": "uid \"\n<0>forged\r\" is not a user id", "status": "400"]
+        let formats = [
+            LogLineFormat(json: false, journal: true), LogLineFormat(json: false, journal: false),
+            LogLineFormat(json: true, journal: true),
+        ]
+        for format in formats {
+            let line = format.line(
+                time: Self.time, level: .notice, label: "mdegate", message: "request refused\u{1B}[2J\tx",
+                metadata: metadata, source: "MDEGate")
+            #expect(line.utf8.filter { $0 == 10 || $0 == 13 }.count == 1 && line.utf8.last == 10, "\(line.debugDescription)")
+        }
+        let journal = LogLineFormat(json: false, journal: true).line(
+            time: Self.time, level: .notice, label: "mdegate", message: "request refused\u{1B}[2J\tx",
+            metadata: metadata, source: "MDEGate")
+        #expect(journal == #"<5>notice mdegate: reason=uid "\n<0>forged\r" is not a user id status=400 [MDEGate] request refused\u{1b}[2J"# + "\tx\n")
+    }
+
     @Test("JOURNAL_STREAM counts only when it names this process's stderr")
     func journalStreamMatch() {
         var status = stat()

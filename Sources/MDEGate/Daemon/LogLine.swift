@@ -32,8 +32,9 @@ public struct LogLineFormat: Sendable, Equatable {
         }
     }
 
-    /// One line, newline included.
-    func line(
+    /// One line, newline included. Public so that the request fuzzer (Fuzz/) renders every
+    /// event the way the daemon writes it, and checks that it stays one line.
+    public func line(
         time: Date, level: Logger.Level, label: String, message: Logger.Message, metadata: Logger.Metadata,
         source: String
     ) -> String {
@@ -48,13 +49,34 @@ public struct LogLineFormat: Sendable, Equatable {
             line += String(decoding: data, as: UTF8.self)
         } else {
             if !journal { line += Self.textTime(time) + " " }
-            line += "\(level) \(label):"
+            var text = "\(level) \(label):"
             if !metadata.isEmpty {
-                line += " " + metadata.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+                text += " " + metadata.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
             }
-            line += " [\(source)] \(message)"
+            text += " [\(source)] \(message)"
+            line += Self.escapingControlCharacters(text)
         }
         return line + "\n"
+    }
+
+    /// What a client sends reaches log lines (a refused query value, percent-decoded, is quoted
+    /// in the reason): control characters are written as escapes (`\n`, `\r`, `\u{1B}`), so
+    /// one event stays one line and nobody can forge a line, or under journald its priority.
+    /// A tab stays a tab. (The JSON format escapes them already.)
+    static func escapingControlCharacters(_ text: String) -> String {
+        func isControl(_ value: UInt32) -> Bool { (value < 0x20 && value != 0x09) || value == 0x7F }
+        guard text.utf8.contains(where: { isControl(UInt32($0)) }) else { return text }
+        var escaped = ""
+        escaped.reserveCapacity(text.utf8.count + 8)
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": escaped += "\\n"
+            case "\r": escaped += "\\r"
+            case _ where isControl(scalar.value): escaped += "\\u{" + String(scalar.value, radix: 16) + "}"
+            default: escaped.unicodeScalars.append(scalar)
+            }
+        }
+        return escaped
     }
 
     private static func jsonValue(_ value: Logger.Metadata.Value) -> Any {

@@ -72,8 +72,7 @@ public struct LocalAPIServer: Service {
             .childChannelInitializer { channel in
                 PeerCredentials.read(from: channel).flatMapThrowing { peer in
                     connections.insert(channel)
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(LocalAPIHandler(api: api, peer: peer, logger: logger))
+                    try Self.configureConnection(channel.pipeline.syncOperations, api: api, peer: peer, logger: logger)
                 }
             }
 
@@ -117,6 +116,18 @@ public struct LocalAPIServer: Service {
             connections.closeAll()
             stopped.succeed(())
         }
+    }
+
+    /// Sets up one accepted connection: NIOHTTP1's server pipeline (parsing, pipelining, a 400
+    /// for bytes that are not HTTP) and `LocalAPIHandler` in front of `api`.
+    ///
+    /// Public so that the request fuzzer (Fuzz/, `make fuzz`) runs exactly the handlers a
+    /// connection on the socket gets, on an in-memory channel.
+    public static func configureConnection(
+        _ pipeline: ChannelPipeline.SynchronousOperations, api: LocalAPI, peer: PeerCredentials, logger: Logger
+    ) throws {
+        try pipeline.configureHTTPServerPipeline(withErrorHandling: true)
+        try pipeline.addHandler(LocalAPIHandler(api: api, peer: peer, logger: logger))
     }
 
     /// Creates the socket's directory if needed, and refuses to take over a socket another

@@ -1,0 +1,2 @@
+// The driver is libFuzzer's (linked by -sanitize=fuzzer); this target only declares it.
+#include "CFuzzerDriver.h"
