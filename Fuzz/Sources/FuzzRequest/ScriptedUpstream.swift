@@ -15,28 +15,31 @@ final class ScriptedUpstream: Upstream {
 
     var arrivals: [UpstreamCall] { calls.withLock { $0 } }
 
-    func send(_ call: UpstreamCall, token: String, completion: @escaping @Sendable (Result<HTTPResponse, TransportError>) -> Void) {
+    func send(_ call: UpstreamCall, token: String, completion: @escaping @Sendable (Result<TransportResponse, TransportError>) -> Void) {
         calls.withLock { $0.append(call) }
         completion(Self.answer(to: call))
     }
 
-    static func answer(to call: UpstreamCall) -> Result<HTTPResponse, TransportError> {
-        let json = [("Content-Type", "application/json; charset=utf-8")]
+    static func answer(to call: UpstreamCall) -> Result<TransportResponse, TransportError> {
         let segments = call.path.split(separator: "?")[0].split(separator: "/")
         let id = segments.count > 2 ? segments[2] : ""
         switch id.last ?? " " {
         case "0":
             let body = #"{"error":{"code":"ResourceNotFound","message":"not found","target":"00000000-0000-0000-0000-000000000000"}}"#
-            return .success(HTTPResponse(status: 404, headers: json, body: Array(body.utf8)))
+            return .success(json(404, body))
         case "5":
-            return .success(HTTPResponse(status: 500, headers: json, body: Array(#"{"error":{"code":"InternalError"}}"#.utf8)))
+            return .success(json(500, #"{"error":{"code":"InternalError"}}"#))
         case "e", "E":
             return .failure(TransportError(kind: .connectionFailed, message: "scripted: connection refused"))
         default:
             let status = segments.count > 1 && segments[1] == "machines" ? 201 : 200
             let body = #"{"id":"988cc94e-7a8f-4b28-ab65-54970c5d5018","status":"Cancelled"}"#
-            return .success(HTTPResponse(status: status, headers: json, body: Array(body.utf8)))
+            return .success(json(status, body))
         }
+    }
+
+    private static func json(_ status: Int, _ body: String) -> TransportResponse {
+        TransportResponse(status: status, headers: [.contentType: "application/json; charset=utf-8"], body: Array(body.utf8))
     }
 }
 
