@@ -71,7 +71,8 @@ public final class ChildProcess: Sendable {
         // As keys and values: swift-subprocess 1.0.2 passes raw "K=V" bytes to strdup without
         // adding the NUL, so a value could run on into whatever follows it in memory.
         let variables = Dictionary(uniqueKeysWithValues: environment.map { (Environment.Key(stringLiteral: $0.key), $0.value) })
-        pid = try await withCheckedThrowingContinuation { (started: CheckedContinuation<Int32, any Error>) in
+        pid = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Int32, any Error>) in
+            let started = Started(continuation)
             Task {
                 do {
                     let outcome = try await run(
@@ -79,7 +80,7 @@ public final class ChildProcess: Sendable {
                         workingDirectory: workingDirectory.map { FilePath($0) },
                         input: .none, output: .sequence, error: .sequence
                     ) { execution in
-                        started.resume(returning: execution.processIdentifier.value)
+                        started.resume(with: .success(execution.processIdentifier.value))
                         await withTaskGroup(of: Void.self) { group in
                             group.addTask { await Self.pump(execution.standardOutput, .stdout, into: monitor) }
                             group.addTask { await Self.pump(execution.standardError, .stderr, into: monitor) }
@@ -87,8 +88,12 @@ public final class ChildProcess: Sendable {
                     }
                     monitor.exited(ProcessEnd(outcome.terminationStatus))
                 } catch {
-                    // Only a failed start throws here (the body never does): nothing was resumed yet.
-                    started.resume(throwing: ChildProcessError("\(name): cannot start \(executable): \(error)"))
+                    let failure = ChildProcessError("\(name): swift-subprocess failed for \(executable): \(error)")
+                    // Before the start, the caller hears it; after, the waits do (as an end).
+                    if !started.resume(with: .failure(failure)) {
+                        monitor.append("[harness: \(failure)]", to: .stderr)
+                        monitor.exited(.exited(-1))
+                    }
                 }
             }
         }
@@ -185,7 +190,9 @@ public final class ChildProcess: Sendable {
 
     private static func pump(_ output: SubprocessOutputSequence, _ stream: OutputStream, into monitor: Monitor) async {
         do {
-            for try await line in output.strings(bufferingPolicy: .maxLineLength(1024 * 1024)) {
+            // Unbounded: a line past a limit would end the reading, and a child writing to an
+            // undrained pipe blocks.
+            for try await line in output.strings(bufferingPolicy: .unbounded) {
                 monitor.append(line, to: stream)
             }
         } catch {
@@ -238,6 +245,23 @@ public func withTimeout<T: Sendable>(
             throw ChildProcessError("timed out after \(limit) waiting for \(what)")
         }
         return value
+    }
+}
+
+/// The start's continuation, resumed once: with the pid when the child runs, or with the error
+/// when swift-subprocess fails before that. Returns whether this call resumed it.
+private final class Started: Sendable {
+    private let continuation: Mutex<CheckedContinuation<Int32, any Error>?>
+
+    init(_ continuation: CheckedContinuation<Int32, any Error>) {
+        self.continuation = Mutex(continuation)
+    }
+
+    @discardableResult
+    func resume(with result: Result<Int32, any Error>) -> Bool {
+        guard let continuation = continuation.withLock({ $0.take() }) else { return false }
+        continuation.resume(with: result)
+        return true
     }
 }
 
