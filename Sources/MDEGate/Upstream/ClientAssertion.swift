@@ -12,7 +12,13 @@ import _CryptoExtras
 /// The assertion is RS256-signed with the app's private key and names the certificate by its
 /// thumbprints (`x5t#S256`, and `x5t` for older tenants), so the identity platform finds the
 /// public key the admin uploaded. Each assertion lives five minutes and carries a fresh `jti`.
-public struct ClientAssertionSigner: Sendable {
+///
+/// A class, not a struct: inline in `OAuth2TokenProvider.Credential` (an enum of two payloads),
+/// the struct's last field, the key's reference, carried the enum's case in its spare high bits.
+/// LeakSanitizer cannot read such a pointer, so a daemon holding a certificate credential at its
+/// exit reported the key as leaked (`make test-sanitizers`). A class reference in the case
+/// leaves the key's pointer as it is.
+public final class ClientAssertionSigner: Sendable {
     let clientID: String
     /// base64url SHA-256 and SHA-1 of the certificate's DER encoding.
     let thumbprintSHA256: String
