@@ -116,8 +116,16 @@ public struct SharedQuotaConnection: Sendable, CustomStringConvertible {
         let settings = configuration
         let attempt: Result<Probe, any Error> = await withDeadline(timeout * 2) {
             let connection = try await PostgresConnection.connect(configuration: settings, id: 1, logger: logger)
-            defer { Task { try? await connection.close() } }
-            let version = try await SharedQuotaSchema.appliedVersion(connection, logger: logger)
+            // Closed before the answer, not in the background: a process that exits right after
+            // (`check-config`) would otherwise leave the connection open.
+            let version: Int32?
+            do {
+                version = try await SharedQuotaSchema.appliedVersion(connection, logger: logger)
+            } catch {
+                try? await connection.close()
+                throw error
+            }
+            try? await connection.close()
             return .reachable(schemaVersion: version)
         }
         switch attempt {

@@ -136,6 +136,12 @@ public enum Daemon {
             logger.error("could not store the last changes before stopping", metadata: ["error": "\(error)"])
         }
         try? await store.close()
+        // The pool closes its connections when cancelled; waiting for that (2 s at most) keeps
+        // them from being cut by the exit: the server sees a goodbye, not a reset.
+        if let sharedClientTask {
+            sharedClientTask.cancel()
+            _ = await withDeadline(.seconds(2)) { await sharedClientTask.value }
+        }
         logger.notice("mdegate stopped")
     }
 }
