@@ -49,8 +49,14 @@ for target in $targets; do
         "$bin/$target" "${flags[@]}" ${FUZZ_ARGS:-} "$dir/corpus" >"$log" 2>&1
     rc=$?
     set -e
-    executions="$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)"
-    speed="$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)"
+    if [ "$jobs" -gt 1 ]; then
+        # -fork: the parent prints the jobs' totals, "#<executions>: cov: … exec/s: <n> …".
+        executions="$(grep -oE '^#[0-9]+: cov' "$log" | tail -1 | grep -oE '[0-9]+' || true)"
+        speed="$(grep -oE '^#[0-9]+: cov.* exec/s: [0-9]+' "$log" | tail -1 | grep -oE '[0-9]+$' || true)"
+    else
+        executions="$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)"
+        speed="$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)"
+    fi
     coverage="$(grep -E '^#[0-9]+' "$log" | tail -1 | grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9/a-zA-Z]+' || true)"
     line="$target: ${executions:-?} executions, ${speed:-?} exec/s, ${coverage:-no coverage line}, corpus $(ls "$dir/corpus" | wc -l) files"
     if [ "$rc" -ne 0 ]; then
