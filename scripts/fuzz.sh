@@ -50,9 +50,12 @@ for target in $targets; do
     rc=$?
     set -e
     if [ "$jobs" -gt 1 ]; then
-        # -fork: the parent prints the jobs' totals, "#<executions>: cov: … exec/s: <n> …".
-        executions="$(grep -oE '^#[0-9]+: cov' "$log" | tail -1 | grep -oE '[0-9]+' || true)"
-        speed="$(grep -oE '^#[0-9]+: cov.* exec/s: [0-9]+' "$log" | tail -1 | grep -oE '[0-9]+$' || true)"
+        # -fork: the parent prints the jobs' totals, "#<executions>: cov: … time: <s>s …" (its
+        # exec/s is the last job's alone).
+        totals="$(grep -E '^#[0-9]+: cov' "$log" | tail -1 || true)"
+        executions="$(grep -oE '^#[0-9]+' <<<"$totals" | tr -d '#' || true)"
+        elapsed="$(grep -oE 'time: [0-9]+s' <<<"$totals" | grep -oE '[0-9]+' || true)"
+        speed="$([ -n "$executions" ] && [ "${elapsed:-0}" -gt 0 ] && echo $((executions / elapsed)) || true)"
     else
         executions="$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)"
         speed="$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)"
