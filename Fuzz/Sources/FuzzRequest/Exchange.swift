@@ -56,10 +56,11 @@ final class Exchange: @unchecked Sendable {
         try! loop.submit {
             self.connect()
             // Whole input in chunks, so a request's parts also arrive split across reads; the
-            // chunk size comes from the input, so one input always splits the same way. All in
-            // one turn of the loop, as a burst of reads is in the daemon (a hop per chunk was
-            // most of an input's time).
-            let chunk = 1 + Int(self.input.count % 61) * 8
+            // chunk size comes from the input, so one input always splits the same way; at most
+            // 64 chunks, because each runs the whole pipeline and a long input in bytes was most
+            // of a run's time. All in one turn of the loop, as a burst of reads is in the daemon
+            // (a hop per chunk was most of an input's time before that).
+            let chunk = max(1 + Int(self.input.count % 61) * 8, self.input.count / 64)
             var offset = 0
             while offset < self.input.count {
                 let end = min(self.input.count, offset + chunk)
