@@ -7,6 +7,7 @@
 #   FUZZ_JOBS=1        parallel fuzzing processes per target (-fork=N when above 1)
 #   FUZZ_WORK=.build-fuzz/runs  where corpora, logs and crash inputs go (git-ignored)
 #   FUZZ_ARGS="..."    more libFuzzer flags, e.g. -runs=1000000
+#   FUZZ_CONTINUE=1    start from the corpus the last run left in $FUZZ_WORK/<target>, not the seeds alone
 #
 # A crash, a hang (-timeout) or a leak stops the target; its input is saved under
 # $FUZZ_WORK/<target>/ as crash-*, timeout-* or leak-*, and the script exits 1. Reproduce with
@@ -32,9 +33,10 @@ status=0
 summary=()
 for target in $targets; do
     dir="$work/$target"
-    rm -rf "$dir"
+    # FUZZ_CONTINUE=1 goes on from the corpus a previous run left there (a long run in parts).
+    if [ "${FUZZ_CONTINUE:-0}" != 1 ]; then rm -rf "$dir"; fi
     mkdir -p "$dir/corpus"
-    cp Fuzz/Corpus/"$target"/* "$dir/corpus/"
+    cp -n Fuzz/Corpus/"$target"/* "$dir/corpus/"
     log="$dir/fuzz.log"
     echo "== $target: $seconds s (log: $log)"
     flags=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -max_len=70000
@@ -57,8 +59,9 @@ for target in $targets; do
         elapsed="$(grep -oE 'time: [0-9]+s' <<<"$totals" | grep -oE '[0-9]+' || true)"
         speed="$([ -n "$executions" ] && [ "${elapsed:-0}" -gt 0 ] && echo $((executions / elapsed)) || true)"
     else
-        executions="$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)"
-        speed="$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)"
+        # libFuzzer pads the values with spaces.
+        executions="$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | tail -1 | grep -oE '[0-9]+$' || true)"
+        speed="$(grep -oE 'stat::average_exec_per_sec: *[0-9]+' "$log" | tail -1 | grep -oE '[0-9]+$' || true)"
     fi
     coverage="$(grep -E '^#[0-9]+' "$log" | tail -1 | grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9/a-zA-Z]+' || true)"
     line="$target: ${executions:-?} executions, ${speed:-?} exec/s, ${coverage:-no coverage line}, corpus $(ls "$dir/corpus" | wc -l) files"
