@@ -132,6 +132,10 @@ def config_seeds():
         "not-yaml": b"auth: [unclosed\n  - : :\n",
         "all-commented": b"# nothing here\n---\n",
         "list-for-scalar": (token + "log:\n  level: [info, debug]\n").encode(),
+        # What FuzzConfig found, kept so that every run checks them again.
+        "finding-long-default-key": (oauth.replace("client_id: ", "client_id: 2f" + "\\" * 176) + "  client_secret_file: /s\n"
+                                     "shared_quota:\n  url: postgresql://mdegate@db.example/mdegate\n").encode(),
+        "finding-proxy-value-in-message": (token + "%env\nMDEGATE_UPSTREAM_PROXY=_UPSTREAM_PROX\n").encode(),
     })
     return seeds
 

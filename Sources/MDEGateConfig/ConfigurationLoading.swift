@@ -187,7 +187,7 @@ struct SettingsReader {
         if let tenant = auth.tenantID, !Self.isTenantID(tenant) {
             fail(.authTenantID, "\(quoted(tenant)) is not a tenant; write the directory (tenant) id, a GUID, or the tenant's domain such as \"contoso.onmicrosoft.com\"")
         }
-        if let client = auth.clientID, client.contains(where: { $0.isWhitespace || $0.asciiValue.map { $0 < 0x20 } == true }) {
+        if let client = auth.clientID, client.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7F }) {
             fail(.authClientID, "\(quoted(client)) is not an application (client) id; write the app registration's id, a GUID such as \"2f8f1a6e-6c5b-4d3e-9a10-1b2c3d4e5f60\"")
         }
 
@@ -331,7 +331,13 @@ struct SettingsReader {
                 fail(.sharedQuotaKey, "\(quoted(text)) is not a quota name; write up to 200 printable characters, such as \"contoso/mde-playbooks\" (every host of one app registration must use the same)")
             }
         } else if let tenant = configuration.auth.tenantID, let client = configuration.auth.clientID {
-            shared.key = "\(tenant)/\(client)"
+            let derived = "\(tenant)/\(client)"
+            if Self.isLedgerName(derived, maxLength: 200) {
+                shared.key = derived
+            } else if !problems.contains(where: { [ConfigurationKey.authTenantID.rawValue, ConfigurationKey.authClientID.rawValue].contains($0.key) }) {
+                // Each id on its own was accepted; together they are too long to name a quota.
+                fail(.sharedQuotaKey, "is not set, and its default, auth.tenant_id/auth.client_id, is \(derived.count) characters, more than a quota name's 200; set shared_quota.key, such as \"contoso/mde-playbooks\" (every host of one app registration must use the same)")
+            }
         } else {
             shared.key = "default"
         }

@@ -70,6 +70,32 @@ struct SharedQuotaConfigTests {
         #expect(error?.keys.sorted() == ["shared_quota.host_name", "shared_quota.key"])
     }
 
+    /// Found by FuzzConfig (Fuzz/Findings/FuzzConfig/crash-297a7e…): a long client id made a
+    /// default key that check-config printed and that then failed its own check on reload.
+    @Test("a default key (tenant/client) too long for a quota name is refused naming shared_quota.key, and a set key loads")
+    func derivedKeyTooLong() throws {
+        let client = "2f" + String(repeating: "\\\\", count: 90) + "8f1a6e-6c5b-4d3e-9a10-1b2c3d4e5f60"
+        let auth = "auth:\n  tenant_id: contoso.onmicrosoft.com\n  client_id: '\(client)'\n  client_secret_file: /s\n"
+        let url = "shared_quota:\n  url: postgresql://mdegate@db.example/mdegate\n"
+        let error = refusal(auth + url, environment: [:])
+        #expect(error?.keys == ["shared_quota.key"])
+        #expect(error?.description.contains("more than a quota name's 200") == true, "\(error?.description ?? "")")
+
+        let loaded = try load(auth + url + "  key: contoso/mde\n", environment: [:])
+        #expect(loaded.configuration.sharedQuota.key == "contoso/mde")
+        #expect(loaded.configuration.auth.clientID == client)
+        let rendered = try load(loaded.configuration.renderedYAML(), environment: [:])
+        #expect(rendered.configuration == loaded.configuration)
+    }
+
+    @Test("a client id with a control character is refused once, naming auth.client_id, not the key it would make")
+    func controlInClientID() throws {
+        let error = refusal(
+            "auth:\n  tenant_id: contoso.onmicrosoft.com\n  client_id: \"app\\x7F1\"\n  client_secret_file: /s\nshared_quota:\n  url: postgresql://mdegate@db.example/mdegate\n",
+            environment: [:])
+        #expect(error?.keys == ["auth.client_id"])
+    }
+
     @Test("a reload that changes shared_quota keeps the running one and says it needs a restart")
     func reload() throws {
         let running = try load("shared_quota:\n  url: postgresql://mdegate@db.example/mdegate\n").configuration
