@@ -95,8 +95,38 @@ enum ConfigInput {
             }
             if elsewhere { continue }
             for message in messages where message.contains(secret) {
+                // Text the message holds whatever the value (a key's environment name, an
+                // example URL) is not an echo: look for it with the value replaced.
+                if templateText(yaml: yaml, environment: environment, contains: secret) { break }
                 fail("\(name) is echoed: \(message)")
             }
+        }
+    }
+
+    /// Whether `secret` is in the problems or warnings of this input with both secret-holding
+    /// values replaced, by a value of the wrong shape and by a valid one.
+    static func templateText(yaml: [UInt8], environment: [String: String], contains secret: String) -> Bool {
+        let replacements = [
+            ("not a URL", "postgresql://mdegate:~@db.invalid/mdegate"),
+            ("http://198.51.100.7:3128", "postgresql://mdegate@db.invalid/mdegate"),
+        ]
+        return replacements.contains { proxy, sharedQuotaURL in
+            var replaced = environment
+            if replaced[ConfigurationKey.upstreamProxy.environmentName] != nil {
+                replaced[ConfigurationKey.upstreamProxy.environmentName] = proxy
+            }
+            if replaced[ConfigurationKey.sharedQuotaURL.environmentName] != nil {
+                replaced[ConfigurationKey.sharedQuotaURL.environmentName] = sharedQuotaURL
+            }
+            let messages: [String]
+            do {
+                messages = try GatewayConfiguration.load(path: filePath, environment: replaced, workingDirectory: "/srv").warnings
+            } catch let error as ConfigurationError {
+                messages = error.problems.map(\.message)
+            } catch {
+                return false
+            }
+            return messages.contains { $0.contains(secret) }
         }
     }
 
