@@ -70,7 +70,7 @@ struct SharedQuotaConfigTests {
         #expect(error?.keys.sorted() == ["shared_quota.host_name", "shared_quota.key"])
     }
 
-    /// Found by FuzzConfig (Fuzz/Findings/FuzzConfig/crash-297a7e…): a long client id made a
+    /// Found by FuzzConfig (seed Fuzz/Corpus/FuzzConfig/finding-long-default-key): a long client id made a
     /// default key that check-config printed and that then failed its own check on reload.
     @Test("a default key (tenant/client) too long for a quota name is refused naming shared_quota.key, and a set key loads")
     func derivedKeyTooLong() throws {
