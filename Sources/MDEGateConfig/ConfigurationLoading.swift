@@ -324,19 +324,22 @@ struct SettingsReader {
         {
             shared.passwordFile = absolute(directory + "/postgres-password")
         }
+        // A written key and the default made of the two ids are held to the same rule.
+        let keyLimit = 200
+        let keyExample = "such as \"contoso/mde-playbooks\" (every host of one app registration must use the same)"
         if let text = text(.sharedQuotaKey) {
-            if Self.isLedgerName(text, maxLength: 200) {
+            if Self.isLedgerName(text, maxLength: keyLimit) {
                 shared.key = text
             } else {
-                fail(.sharedQuotaKey, "\(quoted(text)) is not a quota name; write up to 200 printable characters, such as \"contoso/mde-playbooks\" (every host of one app registration must use the same)")
+                fail(.sharedQuotaKey, "\(quoted(text)) is not a quota name; write up to \(keyLimit) printable characters, \(keyExample)")
             }
         } else if let tenant = configuration.auth.tenantID, let client = configuration.auth.clientID {
             let derived = "\(tenant)/\(client)"
-            if Self.isLedgerName(derived, maxLength: 200) {
+            if Self.isLedgerName(derived, maxLength: keyLimit) {
                 shared.key = derived
             } else if !problems.contains(where: { [ConfigurationKey.authTenantID.rawValue, ConfigurationKey.authClientID.rawValue].contains($0.key) }) {
                 // Each id on its own was accepted; together they are too long to name a quota.
-                fail(.sharedQuotaKey, "is not set, and its default, auth.tenant_id/auth.client_id, is \(derived.count) characters, more than a quota name's 200; set shared_quota.key, such as \"contoso/mde-playbooks\" (every host of one app registration must use the same)")
+                fail(.sharedQuotaKey, "is not set, and its default, auth.tenant_id/auth.client_id, is \(derived.count) characters, more than a quota name's \(keyLimit); set shared_quota.key, \(keyExample)")
             }
         } else {
             shared.key = "default"
