@@ -97,15 +97,16 @@ enum ConfigInput {
             for message in messages where message.contains(secret) {
                 // Text the message holds whatever the value (a key's environment name, an
                 // example URL) is not an echo: look for it with the value replaced.
-                if templateText(yaml: yaml, environment: environment, contains: secret) { break }
+                if templateText(environment: environment, contains: secret) { break }
                 fail("\(name) is echoed: \(message)")
             }
         }
     }
 
-    /// Whether `secret` is in the problems or warnings of this input with both secret-holding
-    /// values replaced, by a value of the wrong shape and by a valid one.
-    static func templateText(yaml: [UInt8], environment: [String: String], contains secret: String) -> Bool {
+    /// Whether `secret` is in the problems or warnings of this input (the file at `filePath` and
+    /// `environment`) with both secret-holding values replaced, by a value of the wrong shape and
+    /// by a valid one.
+    static func templateText(environment: [String: String], contains secret: String) -> Bool {
         let replacements = [
             ("not a URL", "postgresql://mdegate:~@db.invalid/mdegate"),
             ("http://198.51.100.7:3128", "postgresql://mdegate@db.invalid/mdegate"),
